@@ -10,15 +10,21 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from kd_backend.errors import ConfigError
 
-TEACHER_MODES = ("fixed", "hard", "soft", "soft-instance")
-SELECTION_RULES = ("entropy", "margin", "least-confidence", "random")
-SELECTION_SCOPES = ("batch", "epoch")
-OBJECTIVE_MODES = ("static", "uncertainty", "uncertainty-r")
-KD_LOSSES = ("kl", "mse")
+TeacherMode = Literal["fixed", "hard", "soft", "soft-instance"]
+SelectionRule = Literal["entropy", "margin", "least-confidence", "random"]
+SelectionScope = Literal["batch", "epoch"]
+ObjectiveMode = Literal["static", "uncertainty", "uncertainty-r"]
+KDLoss = Literal["kl", "mse"]
+
+TEACHER_MODES: tuple[str, ...] = get_args(TeacherMode)
+SELECTION_RULES: tuple[str, ...] = get_args(SelectionRule)
+SELECTION_SCOPES: tuple[str, ...] = get_args(SelectionScope)
+OBJECTIVE_MODES: tuple[str, ...] = get_args(ObjectiveMode)
+KD_LOSSES: tuple[str, ...] = get_args(KDLoss)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -40,7 +46,7 @@ class EpochPlan:
     and objective weighting (``objective`` and the three ``*_weight`` fields).
     """
 
-    teacher_mode: str = "fixed"
+    teacher_mode: TeacherMode = "fixed"
     """How teachers are mixed: ``fixed`` (``teacher_weights``), ``hard`` (sort the batch by student
     uncertainty; the most uncertain group learns from the smallest teacher), ``soft`` (batch mean
     uncertainty interpolates from the largest to the smallest teacher) or ``soft-instance``
@@ -50,13 +56,13 @@ class EpochPlan:
     fraction: float = 1.0
     """Fraction r in (0, 1] of the data that receives the KD objectives (``scope='batch'``) or that
     the epoch trains on at all (``scope='epoch'``)."""
-    selection: str = "entropy"
+    selection: SelectionRule = "entropy"
     """Which instances count as most uncertain: ``entropy``, ``margin``, ``least-confidence`` or
     ``random`` (the control). Ignored when ``fraction == 1``."""
-    scope: str = "epoch"
+    scope: SelectionScope = "epoch"
     """``batch`` (the paper: CE on the whole batch, KD on its top-r) or ``epoch`` (score the whole
     pool once without gradient, train only on its top-r, so a small fraction costs less)."""
-    objective: str = "static"
+    objective: ObjectiveMode = "static"
     """``static`` weights, ``uncertainty`` (per instance KD weight 1-u, hidden weight u, as the
     paper) or ``uncertainty-r`` (reversed)."""
     ce_weight: float = 1.0
@@ -65,7 +71,7 @@ class EpochPlan:
     """Weight of the KD loss on teacher logits."""
     hidden_weight: float = 0.0
     """Weight of the [CLS] hidden-state alignment loss (normalised MSE, PKD-style)."""
-    kd_loss: str = "kl"
+    kd_loss: KDLoss = "kl"
     """``kl`` (T^2 * KL(teacher || student)) or ``mse`` on logits. Regression tasks always use MSE."""
     temperature: float = 1.0
     """KD temperature T (the paper used T = 1 everywhere)."""

@@ -1,0 +1,334 @@
+"""Actions → :class:`EpochPlan`: three codecs (discrete menu, multidiscrete, box) over one decoding path.
+
+Every codec decodes the same way (:meth:`ActionCodec.decode`): check the action against the space
+(shape, finite, integer where needed, within bounds — else a :class:`ConfigError` naming the
+value), map it to plan fields (the only per-codec step, ``_fields``), then build the plan with the
+run-wide settings (KD loss, temperature) in :meth:`ActionCodec._plan`. Teachers are ordered smallest
+first, as in the backend.
+
+``normalise(action)`` gives the action as a vector in [-1, 1] for the observation's "last action";
+``encode(plan)`` is the inverse of ``decode`` where the codec can express the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from envs.config import EnvConfig
+from kd_backend.errors import ConfigError
+from kd_backend.plan import OBJECTIVE_MODES, SELECTION_RULES, EpochPlan
+
+ADAPTIVE_MODES = ("hard", "soft", "soft-instance")
+
+
+def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[str, Any]]:
+    """Every plan the discrete menu can hold, by name, as ``EpochPlan`` fields.
+
+    Names: ``ce-only`` (no KD), ``kd-t{k}`` (teacher k alone, 0 = smallest), ``kd-mean`` (teachers'
+    mean), ``adopt-{hard,soft,soft-instance}`` (the paper's teacher adoption), ``frac-{0.3,0.1}``
+    (the teachers' mean on the most uncertain 30% / 10% of the epoch, by entropy), ``frac-0.1-margin-batch``
+    (the paper's selection: KD on each batch's 10% smallest-margin instances), ``pkd`` (KD + hidden
+    alignment, static weights), ``objective-uncertainty`` / ``objective-uncertainty-r`` (the paper's
+    objective weighting and its reverse) and ``paper-combined`` (hard adoption + margin selection at
+    10% + uncertainty objective). Plans that read the student's uncertainty are left out for
+    regression tasks (``frac-*`` then select at random) and adoption needs two teachers or more.
+
+    :param num_teachers: teachers of the run (>= 1).
+    :param regression: whether the task is a regression (no class probabilities, so no uncertainty).
+    """
+    if not isinstance(num_teachers, int) or num_teachers < 1:
+        raise ConfigError(f"num_teachers={num_teachers!r}: the discrete menu needs at least one teacher")
+    plans: dict[str, dict[str, Any]] = {"ce-only": {"kd_weight": 0.0}}
+    for k in range(num_teachers):
+        plans[f"kd-t{k}"] = {"teacher_weights": _one_hot(k, num_teachers)}
+    if num_teachers > 1:
+        plans["kd-mean"] = {}
+        if not regression:
+            for mode in ADAPTIVE_MODES:
+                plans[f"adopt-{mode}"] = {"teacher_mode": mode}
+    rule = "random" if regression else "entropy"
+    for fraction in (0.3, 0.1):
+        plans[f"frac-{fraction}"] = {"fraction": fraction, "selection": rule, "scope": "epoch"}
+    plans["pkd"] = {"hidden_weight": 1.0}
+    if not regression:
+        plans["frac-0.1-margin-batch"] = {"fraction": 0.1, "selection": "margin", "scope": "batch"}
+        for mode in ("uncertainty", "uncertainty-r"):
+            plans[f"objective-{mode}"] = {"objective": mode, "hidden_weight": 1.0}
+        if num_teachers > 1:
+            plans["paper-combined"] = {
+                "teacher_mode": "hard", "fraction": 0.1, "selection": "margin", "scope": "batch",
+                "objective": "uncertainty", "hidden_weight": 1.0,
+            }
+    return plans
+
+
+def default_menu(num_teachers: int, regression: bool = False) -> tuple[str, ...]:
+    """The default discrete menu: every named plan but the reversed objective (13 for two teachers)."""
+    return tuple(n for n in named_plans(num_teachers, regression) if n != "objective-uncertainty-r")
+
+
+def _one_hot(k: int, n: int) -> tuple[float, ...]:
+    return tuple(1.0 if i == k else 0.0 for i in range(n))
+
+
+class ActionCodec(ABC):
+    """Maps actions of :attr:`space` to plans. Subclasses only say how action values become plan fields.
+
+    :param config: the environment's settings (bins, fixed scope, KD loss, temperature).
+    :param num_teachers: teachers of the run, smallest first.
+    :param regression: whether the task is a regression (no uncertainty-based choices).
+    """
+
+    space: spaces.Space
+
+    def __init__(self, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
+        self.config = config
+        self.num_teachers = num_teachers
+        self.regression = regression
+
+    @property
+    @abstractmethod
+    def labels(self) -> tuple[str, ...]:
+        """One name per component of :meth:`normalise`'s vector."""
+
+    @property
+    def dim(self) -> int:
+        """Length of :meth:`normalise`'s vector."""
+        return len(self.labels)
+
+    def decode(self, action: Any) -> EpochPlan:
+        """The plan an action stands for.
+
+        :param action: an element of :attr:`space` (numpy array, or int for the discrete menu).
+        :raises ConfigError: wrong shape or type, NaN, non-integer or out-of-bounds values.
+        """
+        return self._plan(self._fields(self._check(action)))
+
+    @abstractmethod
+    def _fields(self, action: np.ndarray) -> dict[str, Any]:
+        """EpochPlan fields of a checked action."""
+
+    @abstractmethod
+    def encode(self, plan: EpochPlan) -> Any:
+        """An action that decodes to ``plan``; :class:`ConfigError` if this codec cannot express it."""
+
+    @abstractmethod
+    def normalise(self, action: Any) -> np.ndarray:
+        """The action as a float32 vector of length :attr:`dim` in [-1, 1] (for the observation)."""
+
+    def _plan(self, fields: Mapping[str, Any]) -> EpochPlan:
+        return EpochPlan(**{"kd_loss": self.config.kd_loss, "temperature": self.config.temperature, **fields})
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        space = self.space
+        if isinstance(space, spaces.Discrete):
+            return np.asarray(space.start), np.asarray(space.start + space.n - 1)
+        if isinstance(space, spaces.MultiDiscrete):
+            return np.zeros_like(space.nvec), space.nvec - 1
+        assert isinstance(space, spaces.Box)
+        return space.low, space.high
+
+    def _check(self, action: Any) -> np.ndarray:
+        """The action as an array of the space's shape, or a ConfigError naming what is wrong."""
+        kind = type(self).__name__
+        try:
+            arr = np.asarray(action)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{kind}: action {action!r} is not a numeric array ({e})") from e
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+            raise ConfigError(f"{kind}: action {action!r} has dtype {arr.dtype}; expected numbers in {self.space}")
+        shape = self.space.shape or ()
+        if arr.shape != shape:
+            if arr.size == max(1, math.prod(shape)) and arr.ndim <= 1 + len(shape):
+                arr = arr.reshape(shape)  # (1,) for a scalar space, or a leading batch of one
+            else:
+                raise ConfigError(f"{kind}: action {action!r} has shape {arr.shape}; {self.space} expects {shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(f"{kind}: action {action!r} holds NaN or infinite values")
+        low, high = self._bounds()
+        if isinstance(self.space, (spaces.Discrete, spaces.MultiDiscrete)):
+            if not np.all(arr == np.round(arr)):
+                raise ConfigError(f"{kind}: action {action!r} must hold integers for {self.space}")
+            arr = arr.astype(np.int64)
+            if np.any(arr < low) or np.any(arr > high):
+                raise ConfigError(f"{kind}: action {action!r} is outside [{low}, {high}] of {self.space}")
+            return arr
+        tol = 1e-5  # float noise from a squashed policy output
+        if np.any(arr < low - tol) or np.any(arr > high + tol):
+            raise ConfigError(f"{kind}: action {action!r} is outside [{low.min()}, {high.max()}] of {self.space}")
+        return np.clip(arr.astype(np.float32), low, high)
+
+
+class MenuCodec(ActionCodec):
+    """``Discrete(n)``: action i applies the i-th named plan of the menu."""
+
+    def __init__(self, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
+        super().__init__(config, num_teachers, regression)
+        available = named_plans(num_teachers, regression)
+        names = config.menu if config.menu is not None else default_menu(num_teachers, regression)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ConfigError(
+                f"EnvConfig.menu has unknown plan name(s) {unknown}; for {num_teachers} teacher(s) on a "
+                f"{'regression' if regression else 'classification'} task the names are {list(available)}"
+            )
+        self.names: tuple[str, ...] = tuple(names)
+        self._entries = tuple(available[n] for n in self.names)
+        self.plans: tuple[EpochPlan, ...] = tuple(self._plan(fields) for fields in self._entries)
+        self.space = spaces.Discrete(len(self.names))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.names
+
+    def _fields(self, action: np.ndarray) -> dict[str, Any]:
+        return dict(self._entries[int(action)])
+
+    def encode(self, plan: EpochPlan) -> np.int64:
+        for i, p in enumerate(self.plans):
+            if p == plan:
+                return np.int64(i)
+        raise ConfigError(f"plan {plan.to_dict()} is not on the menu {list(self.names)}")
+
+    def normalise(self, action: Any) -> np.ndarray:
+        out = np.zeros(self.dim, dtype=np.float32)
+        out[int(self._check(action))] = 1.0
+        return out
+
+
+class MultiDiscreteCodec(ActionCodec):
+    """``MultiDiscrete``: (teacher choice, fraction bin, selection rule, KD-weight bin, hidden-weight bin,
+    objective mode). Teacher choices: each teacher alone, their mean, then the adaptive modes."""
+
+    def __init__(self, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
+        super().__init__(config, num_teachers, regression)
+        teachers: list[tuple[str, dict[str, Any]]] = [
+            (f"t{k}", {"teacher_weights": _one_hot(k, num_teachers)}) for k in range(num_teachers)
+        ]
+        if num_teachers > 1:
+            teachers.append(("mean", {"teacher_weights": None}))
+            if not regression:
+                teachers += [(m, {"teacher_mode": m}) for m in ADAPTIVE_MODES]
+        self.teachers = tuple(teachers)
+        self.selections = ("random",) if regression else SELECTION_RULES
+        self.objectives = ("static",) if regression else OBJECTIVE_MODES
+        self.axes: tuple[tuple[str, tuple[Any, ...]], ...] = (
+            ("teacher", tuple(name for name, _ in self.teachers)),
+            ("fraction", config.fraction_bins),
+            ("selection", self.selections),
+            ("kd_weight", config.weight_bins),
+            ("hidden_weight", config.weight_bins),
+            ("objective", self.objectives),
+        )
+        self.space = spaces.MultiDiscrete([len(values) for _, values in self.axes])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def _fields(self, action: np.ndarray) -> dict[str, Any]:
+        t, f, s, kd, hid, obj = (int(a) for a in action)
+        return {
+            **self.teachers[t][1], "fraction": self.config.fraction_bins[f], "selection": self.selections[s],
+            "scope": self.config.scope, "kd_weight": self.config.weight_bins[kd],
+            "hidden_weight": self.config.weight_bins[hid], "objective": self.objectives[obj],
+        }
+
+    def encode(self, plan: EpochPlan) -> np.ndarray:
+        teacher = plan.teacher_mode
+        if teacher == "fixed":
+            w = plan.teacher_weights
+            hot = [k for k, x in enumerate(w or ()) if x > 0]
+            if w is None or (self.num_teachers > 1 and len(w) == self.num_teachers and len(set(w)) == 1):
+                teacher = "mean" if self.num_teachers > 1 else "t0"
+            elif len(hot) == 1 and len(w) == self.num_teachers:
+                teacher = f"t{hot[0]}"
+            else:
+                raise ConfigError(
+                    f"teacher_weights={w} cannot be a multidiscrete action: it offers one teacher alone or their mean"
+                )
+        values = (teacher, plan.fraction, plan.selection, plan.kd_weight, plan.hidden_weight, plan.objective)
+        action = np.array([_index(name, v, choices) for (name, choices), v in zip(self.axes, values)], dtype=np.int64)
+        decoded = self.decode(action)
+        if decoded != plan:
+            raise ConfigError(
+                f"plan {plan.to_dict()} cannot be expressed by {self.space} (the nearest is {decoded.to_dict()})"
+            )
+        return action
+
+    def normalise(self, action: Any) -> np.ndarray:
+        arr = self._check(action).astype(np.float32)
+        span = np.maximum(self.space.nvec - 1, 1).astype(np.float32)
+        return np.where(self.space.nvec > 1, 2.0 * arr / span - 1.0, 0.0).astype(np.float32)
+
+
+def _index(axis: str, value: Any, choices: Sequence[Any]) -> int:
+    for i, c in enumerate(choices):
+        if c == value or (isinstance(c, float) and isinstance(value, (int, float)) and math.isclose(c, value)):
+            return i
+    raise ConfigError(f"{axis}={value!r} is not one of the multidiscrete choices {list(choices)}")
+
+
+class BoxCodec(ActionCodec):
+    """``Box([-1, 1]^d)``: K teacher logits (only when K > 1) → softmax(scale x logits) weights;
+    fraction → [r_min, 1]; KD and hidden weights → [0, max(weight_bins)]. Static objective, and the
+    config's selection rule and scope."""
+
+    def __init__(self, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
+        super().__init__(config, num_teachers, regression)
+        self.selection = "random" if regression else config.selection
+        self.num_logits = num_teachers if num_teachers > 1 else 0
+        self.max_weight = max(config.weight_bins)
+        self.space = spaces.Box(-1.0, 1.0, shape=(self.num_logits + 3,), dtype=np.float32)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return (*(f"teacher_logit_t{k}" for k in range(self.num_logits)), "fraction", "kd_weight", "hidden_weight")
+
+    def _fields(self, action: np.ndarray) -> dict[str, Any]:
+        a = action.astype(np.float64)
+        fields: dict[str, Any] = {"selection": self.selection, "scope": self.config.scope}
+        if self.num_logits:
+            z = self.config.teacher_logit_scale * a[: self.num_logits]
+            w = np.exp(z - z.max())
+            fields["teacher_weights"] = tuple(float(x) for x in w / w.sum())
+        f, kd, hid = a[self.num_logits :]
+        r_min = self.config.r_min
+        fields["fraction"] = float(min(1.0, r_min + (f + 1.0) / 2.0 * (1.0 - r_min)))
+        fields["kd_weight"] = float((kd + 1.0) / 2.0 * self.max_weight)
+        fields["hidden_weight"] = float((hid + 1.0) / 2.0 * self.max_weight)
+        return fields
+
+    def encode(self, plan: EpochPlan) -> np.ndarray:
+        if plan.teacher_mode != "fixed" or plan.objective != "static" or plan.ce_weight != 1.0:
+            raise ConfigError(
+                f"plan {plan.to_dict()} cannot be a box action: box actions give fixed teacher mixtures, the "
+                "static objective and ce_weight 1"
+            )
+        logits: list[float] = []
+        if self.num_logits:
+            w = np.asarray(plan.teacher_weights or (1.0,) * self.num_teachers, dtype=np.float64)
+            logw = np.log(np.maximum(w / w.sum(), 1e-12))
+            logits = list((logw - logw.max()) / self.config.teacher_logit_scale + 1.0)
+        r_min = self.config.r_min
+        frac = 1.0 if r_min >= 1.0 else 2.0 * (plan.fraction - r_min) / (1.0 - r_min) - 1.0
+        kd = 2.0 * plan.kd_weight / self.max_weight - 1.0
+        hid = 2.0 * plan.hidden_weight / self.max_weight - 1.0
+        return np.clip(np.array([*logits, frac, kd, hid], dtype=np.float32), -1.0, 1.0)
+
+    def normalise(self, action: Any) -> np.ndarray:
+        return self._check(action).astype(np.float32)
+
+
+CODECS: dict[str, type[ActionCodec]] = {"discrete": MenuCodec, "multidiscrete": MultiDiscreteCodec, "box": BoxCodec}
+
+
+def make_codec(config: EnvConfig, num_teachers: int, regression: bool = False) -> ActionCodec:
+    """The codec of ``config.action_space`` for a run with ``num_teachers`` teachers."""
+    return CODECS[config.action_space](config, num_teachers, regression)

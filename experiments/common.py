@@ -1,0 +1,87 @@
+"""Command-line plumbing shared by the scripts: YAML config file + flags → a frozen config dataclass.
+
+Every field of the script's config dataclass is a flag (its docstring is the help text); a
+``--config FILE.yaml`` supplies new defaults, and any flag overrides the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from kd_backend.errors import ConfigError  # noqa: E402
+from kd_backend.io import atomic_write_text  # noqa: E402
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str, base: Any = None) -> T:
+    """Overlay a dict on a config dataclass's defaults (nested dataclasses too), naming unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    base = cls() if base is None else base
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[name] = _build(type(current), value, f"{where}.{name}", current)
+        elif isinstance(value, list):
+            changes[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        else:
+            changes[name] = value
+    return dataclasses.replace(base, **changes)
+
+
+def load_config(cls: type[T], path: str | Path, required: tuple[str, ...] = ()) -> T:
+    """Read a YAML file into ``cls``.
+
+    :param required: top-level keys the file must contain (a missing one is an error naming it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; see experiments/configs/ for examples")
+    data = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"config file {path} is missing required key(s) {missing}")
+    return _build(cls, data, str(path))
+
+
+def parse_args(cls: type[T], description: str, argv: list[str] | None = None, required: tuple[str, ...] = ()) -> T:
+    """Parse ``--config FILE`` (optional) and every other flag into ``cls``."""
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = cls()
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        default = load_config(cls, argv[i + 1], required)
+        del argv[i : i + 2]
+    return tyro.cli(
+        cls, args=argv, default=default, description=description,
+        config=(tyro.conf.FlagConversionOff,),
+    )
+
+
+def save_yaml(path: str | Path, data: Any) -> None:
+    """Write YAML atomically."""
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,616 @@
+"""Loading a task's text and labels: GLUE (local TSV or the hub), the synthetic task, custom files.
+
+Every task comes out as a :class:`TaskData` with three splits: ``train``, ``ctrl`` (a seeded slice
+held out of the training data, for the controller's observations and rewards) and ``dev`` (the
+official dev set). :func:`load_task` checks names, files and columns before it parses anything.
+
+GLUE's TSV files and the hub's ``nyu-mll/glue`` go through the same ``datasets.Dataset`` and the
+same conversion, with the hub's column names and label ids, so both sources give identical splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kd_backend.errors import ConfigError, DataError
+from kd_backend.tasks import GLUE_TASKS, SYNTHETIC_TASK, TaskSpec, get_task_spec, glue_key
+
+if TYPE_CHECKING:
+    import datasets
+
+    from kd_backend.synthetic import SyntheticConfig
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "ctrl", "dev")
+"""The splits of every :class:`TaskData`."""
+CUSTOM_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+"""File types :func:`load_task` reads as custom data."""
+TEXT_COLUMN_CANDIDATES = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+    ("sentence",),
+    ("text",),
+)
+"""Text columns tried, in this order, when a custom file is loaded without ``text_columns``."""
+HUB_DATASET = "nyu-mll/glue"
+
+
+def _hash_texts(h: Any, texts: tuple[str, ...]) -> None:
+    for text in texts:
+        raw = text.encode("utf-8")
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+
+
+@dataclass(frozen=True, eq=False)
+class TextSplit:
+    """One split of a task: texts and gold labels, immutable. Equal splits have equal fingerprints."""
+
+    text_a: tuple[str, ...]
+    """First (or only) text of each instance."""
+    text_b: tuple[str, ...] | None
+    """Second text of each instance for sentence-pair tasks; None for single sentences."""
+    labels: np.ndarray
+    """Gold labels, shape ``(N,)``: int64 class ids, or float32 for regression. Read-only."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text_a", tuple(self.text_a))
+        if self.text_b is not None:
+            object.__setattr__(self, "text_b", tuple(self.text_b))
+        for name in ("text_a", "text_b"):
+            texts = getattr(self, name)
+            if texts is not None and not all(isinstance(t, str) for t in texts):
+                bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
+                raise DataError(f"TextSplit.{name}[{bad}]={texts[bad]!r} is not a string")
+        labels = np.asarray(self.labels)
+        if np.issubdtype(labels.dtype, np.integer):
+            labels = labels.astype(np.int64)
+        elif np.issubdtype(labels.dtype, np.floating):
+            labels = labels.astype(np.float32)
+        else:
+            raise DataError(f"TextSplit.labels has dtype {labels.dtype}; use integer class ids or floats (regression)")
+        if labels.shape != (len(self.text_a),):
+            raise DataError(
+                f"TextSplit.labels has shape {labels.shape} but there are {len(self.text_a)} texts; "
+                "pass one label per instance"
+            )
+        if self.text_b is not None and len(self.text_b) != len(self.text_a):
+            raise DataError(f"TextSplit has {len(self.text_a)} text_a but {len(self.text_b)} text_b; they must pair up")
+        labels = labels.copy()
+        labels.setflags(write=False)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TextSplit) and self.fingerprint == other.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    @property
+    def is_pair(self) -> bool:
+        """Whether instances are sentence pairs."""
+        return self.text_b is not None
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether the labels are real numbers."""
+        return self.labels.dtype == np.float32
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of the texts and labels (computed once); keys caches of model outputs."""
+        h = hashlib.sha256()
+        _hash_texts(h, self.text_a)
+        h.update(b"|b" if self.text_b is not None else b"|-")
+        if self.text_b is not None:
+            _hash_texts(h, self.text_b)
+        h.update(self.labels.dtype.str.encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
+
+    def select(self, indices: np.ndarray | list[int]) -> TextSplit:
+        """The instances at ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return TextSplit(
+            text_a=tuple(self.text_a[i] for i in idx),
+            text_b=None if self.text_b is None else tuple(self.text_b[i] for i in idx),
+            labels=self.labels[idx],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """A task's spec and its three splits; validated against the spec on construction."""
+
+    spec: TaskSpec
+    train: TextSplit
+    """Training data (without the ``ctrl`` rows)."""
+    ctrl: TextSplit
+    """A seeded slice held out of the training data, disjoint from ``train``."""
+    dev: TextSplit
+    """The official dev set (MNLI: dev_matched)."""
+
+    def __post_init__(self) -> None:
+        for name in SPLITS:
+            split = getattr(self, name)
+            if len(split) == 0:
+                raise DataError(f"TaskData {self.spec.name!r}: the {name} split is empty")
+            if split.is_pair != self.spec.is_pair:
+                raise DataError(
+                    f"TaskData {self.spec.name!r}: the {name} split has {1 + split.is_pair} text column(s), "
+                    f"the spec has {len(self.spec.text_columns)} ({list(self.spec.text_columns)})"
+                )
+            if split.is_regression != self.spec.is_regression:
+                kind = "float (regression)" if split.is_regression else "integer"
+                raise DataError(f"TaskData {self.spec.name!r}: the {name} split has {kind} labels, which the spec does not expect")
+            if not self.spec.is_regression:
+                bad = (split.labels < 0) | (split.labels >= self.spec.num_labels)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise DataError(
+                        f"TaskData {self.spec.name!r}: {name} label {int(split.labels[i])} at index {i} is not a "
+                        f"class id in [0, {self.spec.num_labels})"
+                    )
+
+    def split(self, name: str) -> TextSplit:
+        """The split called ``name`` (``train``, ``ctrl`` or ``dev``)."""
+        if name not in SPLITS:
+            raise ConfigError(f"unknown split {name!r}; valid splits are {list(SPLITS)}")
+        return getattr(self, name)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of the spec's labels and the three splits."""
+        h = hashlib.sha256(repr((self.spec.name, self.spec.label_names, self.spec.is_regression)).encode())
+        for name in SPLITS:
+            h.update(f"|{name}:{self.split(name).fingerprint}".encode())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------- GLUE
+
+
+@dataclass(frozen=True)
+class _GlueFiles:
+    """Where a GLUE task lives in GLUE's own TSV layout and on the hub."""
+
+    folder: str
+    columns: tuple[str | int, ...]
+    """The TSV columns holding the texts then the label: header names, or positions without header."""
+    dev_file: str = "dev.tsv"
+    hub_dev_split: str = "validation"
+
+
+_GLUE_FILES = {
+    "cola": _GlueFiles("CoLA", (3, 1)),  # no header row: source, label, original label, sentence
+    "sst2": _GlueFiles("SST-2", ("sentence", "label")),
+    "mrpc": _GlueFiles("MRPC", ("#1 String", "#2 String", "Quality")),
+    "qqp": _GlueFiles("QQP", ("question1", "question2", "is_duplicate")),
+    "stsb": _GlueFiles("STS-B", ("sentence1", "sentence2", "score")),
+    "mnli": _GlueFiles("MNLI", ("sentence1", "sentence2", "gold_label"), "dev_matched.tsv", "validation_matched"),
+    "qnli": _GlueFiles("QNLI", ("question", "sentence", "label")),
+    "rte": _GlueFiles("RTE", ("sentence1", "sentence2", "label")),
+    "wnli": _GlueFiles("WNLI", ("sentence1", "sentence2", "label")),
+}
+
+
+def _hub_features(spec: TaskSpec) -> datasets.Features:
+    from datasets import ClassLabel, Features, Value
+
+    label = Value("float32") if spec.is_regression else ClassLabel(names=list(spec.label_names or ()))
+    return Features({**{c: Value("string") for c in spec.text_columns}, spec.label_column: label})
+
+
+def _glue_label(raw: str, spec: TaskSpec, where: str) -> int | float:
+    """A GLUE TSV label as the hub encodes it: a class name or id, or a float score."""
+    if spec.is_regression:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise DataError(f"{where}: label {raw!r} is not a number; a regression score is expected")
+        return value
+    names = spec.label_names or ()
+    if raw in names:
+        return names.index(raw)
+    if raw.isdigit() and int(raw) < len(names):
+        return int(raw)
+    raise DataError(
+        f"{where}: label {raw!r} is neither a class name {list(names)} nor an id in [0, {len(names)}); "
+        "is the file from the right task?"
+    )
+
+
+def _read_glue_tsv(path: Path, key: str) -> datasets.Dataset:
+    """Parse one GLUE TSV (quoting off: sentences hold unbalanced quotes) into a hub-shaped Dataset."""
+    from datasets import Dataset
+
+    spec, files = GLUE_TASKS[key], _GLUE_FILES[key]
+    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    first_line = 1
+    if isinstance(files.columns[0], str):
+        header, rows, first_line = rows[0] if rows else [], rows[1:], 2
+        missing = [c for c in files.columns if c not in header]
+        if missing:
+            raise DataError(
+                f"{path} has no column(s) {missing}; its header holds {header}. Is it GLUE's "
+                f"{files.folder} file, byte for byte?"
+            )
+        positions = [header.index(c) for c in files.columns]
+        width = len(header)
+    else:
+        positions = list(files.columns)
+        width = len(rows[0]) if rows else 0
+    *text_pos, label_pos = positions
+    texts: list[list[str]] = [[] for _ in text_pos]
+    labels: list[int | float] = []
+    for line, row in enumerate(rows, start=first_line):
+        if not row:
+            continue
+        if len(row) != width or width <= max(positions):
+            raise DataError(
+                f"{path}, line {line}: {len(row)} tab-separated fields, expected {width}; "
+                "the file must be read with quoting off and contain no stray tabs"
+            )
+        for column, pos in zip(texts, text_pos):
+            column.append(row[pos])
+        labels.append(_glue_label(row[label_pos], spec, f"{path}, line {line}"))
+    data = {**dict(zip(spec.text_columns, texts)), spec.label_column: labels}
+    return Dataset.from_dict(data, features=_hub_features(spec))
+
+
+def _split_from_dataset(ds: datasets.Dataset, spec: TaskSpec, source: str) -> TextSplit:
+    """Convert a hub-shaped ``datasets.Dataset`` (local or downloaded) to a :class:`TextSplit`."""
+    from datasets import ClassLabel
+
+    needed = [*spec.text_columns, spec.label_column]
+    missing = [c for c in needed if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{source} has no column(s) {missing}; its columns are {ds.column_names}")
+    feature = ds.features[spec.label_column]
+    if isinstance(feature, ClassLabel) and tuple(feature.names) != spec.label_names:
+        raise DataError(
+            f"{source} encodes labels as {feature.names}, but DynaKD's {spec.name} expects {list(spec.label_names or ())}"
+        )
+    table = ds.with_format("arrow")[:]
+    for column in needed:
+        if table.column(column).null_count:
+            raise DataError(f"{source}: column {column!r} has {table.column(column).null_count} missing values")
+    texts = [tuple(table.column(c).to_pylist()) for c in spec.text_columns]
+    labels = np.asarray(table.column(spec.label_column).to_numpy())
+    labels = labels.astype(np.float32 if spec.is_regression else np.int64)
+    return TextSplit(text_a=texts[0], text_b=texts[1] if spec.is_pair else None, labels=labels)
+
+
+def _load_glue_local(key: str, data_dir: Path) -> tuple[TextSplit, TextSplit]:
+    spec, files = GLUE_TASKS[key], _GLUE_FILES[key]
+    if not data_dir.is_dir():
+        raise DataError(
+            f"data directory {data_dir} does not exist; pass --data-dir pointing at a folder in GLUE's own "
+            f"layout (e.g. ../shared/data/glue, which holds {files.folder}/train.tsv)"
+        )
+    paths = (data_dir / files.folder / "train.tsv", data_dir / files.folder / files.dev_file)
+    for path in paths:
+        if not path.is_file():
+            hint = " (data_dir should be the folder above the task folders)" if data_dir.name == files.folder else ""
+            raise DataError(
+                f"GLUE file {path} not found; {spec.name} needs {files.folder}/train.tsv and "
+                f"{files.folder}/{files.dev_file} under the data directory {data_dir}{hint}"
+            )
+    train, dev = (_split_from_dataset(_read_glue_tsv(p, key), spec, str(p)) for p in paths)
+    return train, dev
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get(v, "").strip().upper() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
+
+
+def _load_glue_hub(key: str) -> tuple[TextSplit, TextSplit]:
+    spec, files = GLUE_TASKS[key], _GLUE_FILES[key]
+    fix = (
+        f"pass --data-dir (data_dir=...) pointing at a folder in GLUE's own TSV layout, e.g. "
+        f"../shared/data/glue, which holds {files.folder}/train.tsv"
+    )
+    if _hub_offline():
+        raise DataError(f"cannot load {spec.name} from the Hugging Face hub: the hub is unreachable (offline mode is set); {fix}")
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(HUB_DATASET, key)
+    except ConnectionError as e:
+        raise DataError(f"cannot load {spec.name} from the Hugging Face hub: the hub is unreachable ({e}); {fix}") from e
+    source = f"{HUB_DATASET}/{key}"
+    return (
+        _split_from_dataset(dd["train"], spec, f"{source} train"),
+        _split_from_dataset(dd[files.hub_dev_split], spec, f"{source} {files.hub_dev_split}"),
+    )
+
+
+# ------------------------------------------------------------------------------- custom files
+
+
+def _read_records(path: Path) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """Read a .csv/.tsv/.json/.jsonl file: its column names, its rows and where each row is."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
+            header = next(reader, [])
+            records, where = [], []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}")
+                records.append(dict(zip(header, row)))
+                where.append(f"{path}, line {reader.line_num}")
+        return header, records, where
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+        lines = False
+    except json.JSONDecodeError:  # JSON lines (what datasets' to_json writes, whatever the suffix)
+        lines = True
+    if lines or suffix == ".jsonl":
+        records, where = [], []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {n}: not valid JSON ({e})") from e
+                where.append(f"{path}, line {n}")
+    elif isinstance(data, list):
+        records, where = data, [f"{path}, record {i}" for i in range(len(data))]
+    elif isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        n = len(next(iter(data.values()), []))
+        records = [{k: v[i] for k, v in data.items()} for i in range(n)]
+        where = [f"{path}, record {i}" for i in range(n)]
+    else:
+        raise DataError(f"{path}: expected a list of records, a dict of columns or JSON lines")
+    if not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{path}: every record must be a JSON object mapping column names to values")
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return columns, records, where
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _encode_labels(values: list[Any], where: list[str]) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Labels as class ids (integers or strings, sorted) or as floats (non-integral numbers).
+
+    :return: ``(labels, label_names)``; ``label_names`` is None for regression.
+    """
+    for value, loc in zip(values, where):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{loc}: the label is empty; every row needs a label")
+    numbers = [_as_number(v) for v in values]
+    if any(x is not None and math.isfinite(x) and not x.is_integer() for x in numbers):
+        for x, value, loc in zip(numbers, values, where):
+            if x is None or not math.isfinite(x):
+                raise DataError(
+                    f"{loc}: label {value!r} is not a number, but other labels are real numbers (a regression "
+                    "task); fix the row or use class names throughout"
+                )
+        return np.asarray(numbers, dtype=np.float32), None
+    if all(x is not None and math.isfinite(x) for x in numbers):
+        keys = [int(x) for x in numbers]  # type: ignore[arg-type]
+        classes = sorted(set(keys))
+        names = tuple(str(c) for c in classes)
+    else:
+        keys = [str(v).strip() for v in values]
+        classes = sorted(set(keys))
+        names = tuple(classes)
+    if len(classes) < 2:
+        raise DataError(f"{where[0].rsplit(',', 1)[0]}: every label is {names[0]!r}; classification needs two or more classes")
+    ids = {c: i for i, c in enumerate(classes)}
+    return np.asarray([ids[k] for k in keys], dtype=np.int64), names
+
+
+def _resolve_file(path: str | Path, role: str) -> Path:
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in CUSTOM_SUFFIXES:
+        raise DataError(f"{role} file {path} has an unsupported type; use one of {list(CUSTOM_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{role} file {path} not found (resolved to {path.resolve()})")
+    return path
+
+
+def _load_custom(
+    train_file: str | Path,
+    dev_file: str | Path | None,
+    text_columns: tuple[str, ...] | None,
+    label_column: str,
+    seed: int,
+) -> tuple[TaskSpec, TextSplit, TextSplit]:
+    paths = [_resolve_file(train_file, "train")] + ([_resolve_file(dev_file, "dev")] if dev_file is not None else [])
+    tables = [_read_records(p) for p in paths]
+    columns = tables[0][0]
+    if text_columns is None:
+        text_columns = next((c for c in TEXT_COLUMN_CANDIDATES if set(c) <= set(columns)), None)
+        if text_columns is None:
+            raise DataError(
+                f"{paths[0]}: no text column found among {columns}; name it with text_columns "
+                f"(--text-columns), or call it one of {[c[0] for c in TEXT_COLUMN_CANDIDATES[-2:]]}"
+            )
+    for path, (present, records, where) in zip(paths, tables):
+        if not records:
+            raise DataError(f"{path} holds no rows")
+        for column in (*text_columns, label_column):
+            if column not in present:
+                raise DataError(
+                    f"{path} has no column {column!r}; its columns are {present}. Pass "
+                    f"{'label_column' if column == label_column else 'text_columns'} naming one of them"
+                )
+        for record, loc in zip(records, where):
+            for column in text_columns:
+                if not isinstance(record.get(column), str):
+                    raise DataError(f"{loc}: text column {column!r} holds {record.get(column)!r}, not a string")
+    raw = [r.get(label_column) for _, records, _ in tables for r in records]
+    labels, names = _encode_labels(raw, [loc for _, _, where in tables for loc in where])
+    regression = names is None
+    spec = TaskSpec(
+        name="custom",
+        text_columns=tuple(text_columns),
+        label_column=label_column,
+        num_labels=1 if regression else len(names),
+        label_names=names,
+        is_regression=regression,
+        metrics=("pearson", "spearman") if regression else ("accuracy", "f1") if len(names) == 2 else ("accuracy",),
+    )
+    splits, start = [], 0
+    for _, records, _ in tables:
+        texts = [tuple(r[c] for r in records) for c in text_columns]
+        splits.append(
+            TextSplit(texts[0], texts[1] if len(texts) == 2 else None, labels[start : start + len(records)])
+        )
+        start += len(records)
+    if len(splits) == 2:
+        return spec, splits[0], splits[1]
+    # No dev file: hold out a seeded 10% of the rows as dev.
+    n = len(splits[0])
+    if n < 3:
+        raise DataError(f"{paths[0]} has {n} rows; without a dev file it needs at least 3 (train, ctrl and dev)")
+    perm = np.random.default_rng([seed, 2]).permutation(n)
+    n_dev = max(1, round(0.1 * n))
+    return spec, splits[0].select(np.sort(perm[n_dev:])), splits[0].select(np.sort(perm[:n_dev]))
+
+
+# -------------------------------------------------------------------------------------- entry
+
+
+def _subset(split: TextSplit, limit: int | None, rng: np.random.Generator) -> TextSplit:
+    if limit is None or limit >= len(split):
+        return split
+    return split.select(np.sort(rng.choice(len(split), size=limit, replace=False)))
+
+
+def _check_options(
+    ctrl_fraction: float, ctrl_max: int, seed: int, train_limit: int | None, dev_limit: int | None
+) -> None:
+    if not isinstance(ctrl_fraction, (int, float)) or not 0.0 < ctrl_fraction < 1.0:
+        raise ConfigError(f"ctrl_fraction={ctrl_fraction!r} must be in (0, 1)")
+    if not isinstance(ctrl_max, int) or ctrl_max < 1:
+        raise ConfigError(f"ctrl_max={ctrl_max!r} must be an integer >= 1")
+    if not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer")
+    for name, limit in (("train_limit", train_limit), ("dev_limit", dev_limit)):
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"{name}={limit!r} must be None or an integer >= 1")
+
+
+def load_task(
+    task: str,
+    data_dir: str | Path | None = None,
+    *,
+    ctrl_fraction: float = 0.1,
+    ctrl_max: int = 2000,
+    seed: int = 0,
+    train_limit: int | None = None,
+    dev_limit: int | None = None,
+    synthetic: SyntheticConfig | None = None,
+    train_file: str | Path | None = None,
+    dev_file: str | Path | None = None,
+    text_columns: tuple[str, ...] | list[str] | None = None,
+    label_column: str | None = None,
+) -> TaskData:
+    """Load a task's train, ctrl and dev splits, deterministically for a seed.
+
+    :param task: a GLUE task (``sst2``, ``glue/sst2``, ``SST-2``, any case), ``synthetic``,
+        ``custom`` (with ``train_file``), or the path of a .csv/.tsv/.json/.jsonl file.
+    :param data_dir: for GLUE, a folder in GLUE's own TSV layout (``<data_dir>/SST-2/train.tsv``,
+        ``dev.tsv``; MNLI's dev is ``dev_matched.tsv``). None loads ``nyu-mll/glue`` from the hub.
+        Not used by the synthetic task or custom files.
+    :param ctrl_fraction: fraction of the training rows held out as ``ctrl``, in (0, 1).
+    :param ctrl_max: cap on the ``ctrl`` size (at least 1 row is always held out).
+    :param seed: seeds the ctrl hold-out, the limits, the dev hold-out of a custom file without
+        a dev file and, when ``synthetic`` is None, the synthetic generator.
+    :param train_limit: keep a seeded subset of this many training rows (after ctrl is carved out).
+    :param dev_limit: keep a seeded subset of this many dev rows.
+    :param synthetic: generation settings of the synthetic task (default ``SyntheticConfig(seed=seed)``).
+    :param train_file: custom training file (.csv, .tsv with quoting off, .json, .jsonl).
+    :param dev_file: custom dev file; without it a seeded 10% of ``train_file`` becomes dev.
+    :param text_columns: custom files' text column(s), one or two; by default the first of
+        :data:`TEXT_COLUMN_CANDIDATES` present (``sentence1``+``sentence2``, ..., ``sentence``, ``text``).
+    :param label_column: custom files' label column (default ``label``). Integer or string labels
+        make classes (sorted; ids follow that order); non-integral numbers make a regression task.
+    :raises UnknownTaskError: for an unknown task name.
+    :raises DataError: for a missing folder, file or column, or a label that cannot be parsed.
+    :raises ConfigError: for invalid options or options that do not fit the task.
+    """
+    _check_options(ctrl_fraction, ctrl_max, seed, train_limit, dev_limit)
+    name = str(task).strip()
+    key = glue_key(name)
+    is_custom = train_file is not None or name.lower() == "custom" or Path(name).suffix.lower() in CUSTOM_SUFFIXES
+    if key is None and name.lower() != SYNTHETIC_TASK.name and not is_custom:
+        get_task_spec(name)  # raises UnknownTaskError listing the valid names
+    custom_options = {"train_file": train_file, "dev_file": dev_file, "text_columns": text_columns, "label_column": label_column}
+    if not is_custom:
+        given = [k for k, v in custom_options.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given} only apply to custom files; task {name!r} does not use them (use task='custom')")
+    if synthetic is not None and name.lower() != SYNTHETIC_TASK.name:
+        raise ConfigError(f"a SyntheticConfig was given for task {name!r}; it only applies to task='synthetic'")
+
+    if key is not None:
+        spec = GLUE_TASKS[key]
+        train, dev = _load_glue_local(key, Path(data_dir).expanduser()) if data_dir is not None else _load_glue_hub(key)
+    elif name.lower() == SYNTHETIC_TASK.name:
+        from kd_backend.synthetic import SyntheticConfig, make_synthetic_task  # synthetic imports TextSplit from here
+
+        spec, train, dev = make_synthetic_task(synthetic or SyntheticConfig(seed=seed))
+    else:
+        if train_file is None:
+            if name.lower() == "custom":
+                raise ConfigError("task='custom' needs train_file (--train-file): a .csv, .tsv, .json or .jsonl file")
+            train_file = name
+        elif name.lower() != "custom":
+            raise ConfigError(f"task={name!r} and train_file={str(train_file)!r} both name data; pass task='custom' with train_file")
+        if text_columns is not None:
+            text_columns = tuple(text_columns)
+            if len(text_columns) not in (1, 2):
+                raise ConfigError(f"text_columns={text_columns!r} must name one or two columns")
+        spec, train, dev = _load_custom(train_file, dev_file, text_columns, label_column or "label", seed)
+
+    n = len(train)
+    if n < 2:
+        raise DataError(f"{spec.name} has {n} training row(s); at least 2 are needed to hold out ctrl")
+    n_ctrl = min(max(1, round(ctrl_fraction * n)), ctrl_max, n - 1)
+    perm = np.random.default_rng([seed, 0]).permutation(n)
+    ctrl = train.select(np.sort(perm[:n_ctrl]))
+    train = train.select(np.sort(perm[n_ctrl:]))
+    train = _subset(train, train_limit, np.random.default_rng([seed, 1]))
+    dev = _subset(dev, dev_limit, np.random.default_rng([seed, 3]))
+    data = TaskData(spec=spec, train=train, ctrl=ctrl, dev=dev)
+    logger.info("loaded %s: %d train, %d ctrl, %d dev", spec.name, len(train), len(ctrl), len(dev))
+    return data

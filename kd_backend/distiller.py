@@ -1,0 +1,658 @@
+"""The distiller: one object that runs a KD run epoch by epoch, one :class:`EpochPlan` at a time.
+
+Heavy state is built once in ``__init__`` — tokenized splits (one flat array per tokenizer and
+split) and teacher outputs (from the cache, see :mod:`kd_backend.cache`). :meth:`Distiller.reset`
+only re-initialises the student, the optimizer and the schedule, so an RL controller can run
+hundreds of KD runs over the same data without paying for data or teachers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kd_backend import losses
+from kd_backend.batching import EncodedSplit, length_grouped_batches
+from kd_backend.cache import TeacherOutputs, cache_key, compute_teacher_outputs, load_or_build
+from kd_backend.data import TaskData
+from kd_backend.errors import ConfigError, ModelError, NonFiniteLossError
+from kd_backend.forward import forward_logits_cls, move_batch
+from kd_backend.mechanisms import objective_weights, teacher_weights
+from kd_backend.metrics import compute_metrics, main_score
+from kd_backend.models import export_model, forward_flops, hidden_size, model_fingerprint, model_size, num_layers
+from kd_backend.models import resolve_layer_map
+from kd_backend.plan import EpochPlan, EpochStats, EvalStats
+from kd_backend.tokenization import encode_texts, tokenizer_fingerprint
+from kd_backend.uncertainty import normalized_entropy, select_most_uncertain, uncertainty_scores
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "ctrl", "dev")
+
+
+@dataclass(frozen=True)
+class DistillerConfig:
+    """How a KD run is optimised and executed (what stays fixed across epochs and episodes)."""
+
+    epochs: int = 3
+    """Planned epochs of the run: the length of the learning-rate schedule."""
+    batch_size: int = 32
+    """Training instances per optimizer step."""
+    eval_batch_size: int = 256
+    """Instances per batch for evaluation, scoring and teacher caching (no gradient)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (1e-3 suits tiny students from scratch; 2e-5 for BERT)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    warmup_ratio: float = 0.1
+    """Fraction of the run spent warming the learning rate up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    max_seq_length: int = 128
+    """Tokens per instance after truncation."""
+    pad_to_max_length: bool = False
+    """Pad every batch to ``max_seq_length`` (the paper's static padding) instead of dynamic padding."""
+    teacher_source: str = "cache"
+    """``cache`` (teacher outputs computed once per dataset) or ``online`` (teacher forward per step)."""
+    cache_dir: str = ".cache/dynakd"
+    """Folder of the teacher-output cache."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    bf16: bool = True
+    """Use bf16 autocast on CUDA (ignored on CPU)."""
+    layer_map: tuple[tuple[int, int], ...] | None = None
+    """Explicit (student layer, teacher layer) pairs for hidden alignment; None = PKD default."""
+    seed: int = 0
+    """Seed of the first episode (``reset(seed)`` overrides it)."""
+    progress: bool = False
+    """Show tqdm progress bars for caching and epochs."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"DistillerConfig.{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"DistillerConfig.lr={self.lr!r} must be a finite number > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"DistillerConfig.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.teacher_source not in ("cache", "online"):
+            raise ConfigError(f"DistillerConfig.teacher_source={self.teacher_source!r} must be 'cache' or 'online'")
+        if self.layer_map is not None:
+            object.__setattr__(self, "layer_map", tuple((int(s), int(t)) for s, t in self.layer_map))
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher: a sequence classifier fine-tuned on the task, and its tokenizer."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
+    return device
+
+
+class Distiller:
+    """Runs a KD run over a task, a student and zero or more teachers.
+
+    With no teachers (and plans with ``kd_weight = hidden_weight = 0``) it is plain fine-tuning:
+    this is how teachers and the no-KD baseline are trained.
+
+    :param task: the task's splits (``train`` for training, ``ctrl`` for decisions, ``dev`` for reports).
+    :param student_factory: ``seed -> model``; called by :meth:`reset` for a fresh student.
+    :param student_tokenizer: the student's tokenizer (fixed across episodes).
+    :param teachers: frozen teachers; they are ordered by size, smallest first.
+    :param config: optimisation and execution settings.
+    """
+
+    def __init__(
+        self,
+        task: TaskData,
+        student_factory: Callable[[int], nn.Module],
+        student_tokenizer: Any,
+        teachers: Sequence[Teacher] = (),
+        config: DistillerConfig | None = None,
+    ) -> None:
+        self.task = task
+        self.spec = task.spec
+        self.config = config or DistillerConfig()
+        self.device = resolve_device(self.config.device)
+        self._autocast_dtype = torch.bfloat16 if (self.device.type == "cuda" and self.config.bf16) else None
+        self.student_factory = student_factory
+        self.student_tokenizer = student_tokenizer
+        self.teachers = sorted(teachers, key=lambda t: model_size(t.model))
+        self._encodings: dict[str, dict[str, EncodedSplit]] = {}
+        self._labels = {
+            s: torch.as_tensor(task.split(s).labels, device=self.device) for s in SPLITS
+        }
+        self.student = student_factory(self.config.seed)  # rebuilt by reset(); here for its shape
+        self._check_student_fits(self.student)
+        self._student_enc = self._encode(student_tokenizer)
+        self._pad_to = self.config.max_seq_length if self.config.pad_to_max_length else None
+        self._setup_teachers()
+        self.full_epoch_flops = self._plain_epoch_flops()
+        self.teacher_forwards_total = 0
+        self.reset(self.config.seed)
+
+    # ------------------------------------------------------------------ setup
+    def _check_student_fits(self, model: nn.Module) -> None:
+        n = int(getattr(model.config, "num_labels", 0))
+        if n != self.spec.num_labels:
+            raise ModelError(
+                f"the student has {n} output labels but task {self.spec.name} needs {self.spec.num_labels}; "
+                "build it with num_labels matching the task"
+            )
+
+    def _encode(self, tokenizer: Any) -> dict[str, EncodedSplit]:
+        key = tokenizer_fingerprint(tokenizer)
+        if key not in self._encodings:
+            enc = {}
+            for split in SPLITS:
+                data = self.task.split(split)
+                ids, types = encode_texts(tokenizer, data.text_a, data.text_b, self.config.max_seq_length)
+                enc[split] = EncodedSplit.from_lists(ids, types, tokenizer.pad_token_id or 0)
+            self._encodings[key] = enc
+        return self._encodings[key]
+
+    def _setup_teachers(self) -> None:
+        ls, hs = num_layers(self.student), hidden_size(self.student)
+        self._teacher_enc: list[dict[str, EncodedSplit]] = []
+        self._layer_maps: list[tuple[tuple[int, int], ...]] = []
+        for teacher in self.teachers:
+            n = int(getattr(teacher.model.config, "num_labels", 0))
+            if n != self.spec.num_labels:
+                raise ModelError(
+                    f"teacher {teacher.name!r} has {n} labels but task {self.spec.name} has "
+                    f"{self.spec.num_labels}; fine-tune it on this task first (experiments/train_teachers.py)"
+                )
+            teacher.model.to(self.device).eval().requires_grad_(False)
+            self._teacher_enc.append(self._encode(teacher.tokenizer))
+            self._layer_maps.append(resolve_layer_map(ls, num_layers(teacher.model), self.config.layer_map))
+        # The student layers any teacher aligns with, and where each teacher's pairs sit among them.
+        self._student_layers = sorted({s for m in self._layer_maps for s, _ in m})
+        self._student_pos = [[self._student_layers.index(s) for s, _ in m] for m in self._layer_maps]
+        self._proj_shapes = [
+            (hs, hidden_size(t.model), len(m)) if hidden_size(t.model) != hs else None
+            for t, m in zip(self.teachers, self._layer_maps)
+        ]
+        self._teacher_out: list[dict[str, TeacherOutputs]] = [{} for _ in self.teachers]
+        self.cache_teacher_forwards = 0
+        for k in range(len(self.teachers)):
+            for split in SPLITS:
+                if self.config.teacher_source == "cache" or split != "train":
+                    self._teacher_outputs(k, split)
+
+    def _teacher_outputs(self, k: int, split: str) -> TeacherOutputs:
+        """Outputs of teacher ``k`` on a whole split (cached on disk in cache mode, memoised here)."""
+        if split in self._teacher_out[k]:
+            return self._teacher_out[k][split]
+        teacher, enc = self.teachers[k], self._teacher_enc[k][split]
+        layers = [t for _, t in self._layer_maps[k]]
+
+        def build() -> TeacherOutputs:
+            self.cache_teacher_forwards += len(enc)
+            return compute_teacher_outputs(
+                teacher.model, enc, layers, self.device, self.config.eval_batch_size,
+                self._autocast_dtype, progress=self.config.progress, desc=f"caching {teacher.name} [{split}]",
+            )
+
+        if self.config.teacher_source == "cache":
+            key = cache_key(
+                model_fingerprint(teacher.model), self.task.split(split).fingerprint,
+                tokenizer_fingerprint(teacher.tokenizer), self.config.max_seq_length, layers,
+            )
+            meta = {"teacher": teacher.name, "split": split, "task": self.spec.name}
+            out, _ = load_or_build(Path(self.config.cache_dir) / "teachers", key, build, len(enc), meta)
+        else:
+            out = build()
+        out = out.to(self.device)
+        self._teacher_out[k][split] = out
+        return out
+
+    def _plain_epoch_flops(self) -> float:
+        """Student training FLOPs of one full epoch with every instance (the compute unit)."""
+        enc = self._student_enc["train"]
+        total = 0.0
+        for idx in length_grouped_batches(enc.lengths, self.config.batch_size, rng=None):
+            real, padded = enc.num_tokens(idx, self._pad_to)
+            total += 3 * forward_flops(self.student, padded, len(idx), padded / len(idx))
+        return max(total, 1.0)
+
+    @property
+    def num_teachers(self) -> int:
+        return len(self.teachers)
+
+    @property
+    def teacher_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.teachers)
+
+    # ------------------------------------------------------------------ episodes
+    def reset(self, seed: int) -> None:
+        """Start a new KD run: fresh student (seeded), optimizer, schedule and data order."""
+        self.seed = int(seed)
+        torch.manual_seed(self.seed)
+        self.student = self.student_factory(self.seed)
+        self._check_student_fits(self.student)
+        self.student.to(self.device)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        # One projection per mapped layer pair, only where the teacher is wider or narrower.
+        self.projections = nn.ModuleList()
+        for shape in self._proj_shapes:
+            layers = nn.ModuleList()
+            if shape is not None:
+                h_s, h_t, n = shape
+                layers.extend(_init_linear(nn.Linear(h_s, h_t), gen) for _ in range(n))
+            self.projections.append(layers)
+        self.projections.to(self.device)
+        decay, no_decay = [], []
+        for name, p in list(self.student.named_parameters()) + list(self.projections.named_parameters()):
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.lr,
+            fused=self.device.type == "cuda",
+        )
+        self.rng = np.random.default_rng(self.seed)
+        self.torch_gen = torch.Generator().manual_seed(self.seed + 2)
+        self.epoch = 0
+        self.progress = 0.0
+        self.global_step = 0
+        self._perm: np.ndarray | None = None
+
+    def _lr_factor(self, progress: float) -> float:
+        w = self.config.warmup_ratio
+        if progress < w:
+            return progress / w
+        return max(0.0, (1.0 - progress) / (1.0 - w))
+
+    def _check_plan(self, plan: EpochPlan) -> None:
+        if plan.uses_teachers and not self.teachers:
+            raise ModelError(
+                f"the plan uses teachers (kd_weight={plan.kd_weight}, hidden_weight={plan.hidden_weight}) "
+                "but no teacher was given; pass --teacher DIR, or set kd_weight=0 and hidden_weight=0"
+            )
+        if plan.teacher_weights is not None and len(plan.teacher_weights) != self.num_teachers:
+            raise ConfigError(
+                f"EpochPlan.teacher_weights has {len(plan.teacher_weights)} entries but there are "
+                f"{self.num_teachers} teachers {list(self.teacher_names)} (ordered smallest first)"
+            )
+        if self.spec.is_regression and plan.needs_uncertainty:
+            raise ConfigError(
+                f"task {self.spec.name} is regression: uncertainty needs class probabilities; use "
+                "teacher_mode='fixed', objective='static' and selection='random' (or fraction=1)"
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def train_epoch(self, plan: EpochPlan, part: int = 0, parts: int = 1) -> EpochStats:
+        """Train on one epoch (``parts == 1``) or on chunk ``part`` of ``parts`` of the current epoch.
+
+        Part 0 draws a new order of the training set; chunk ``p`` is its ``p``-th slice. With
+        ``scope='epoch'`` and ``fraction < 1`` the chunk is scored without gradient and only its
+        top-r most uncertain instances are trained on. The epoch counter advances after the last part.
+        """
+        if not 0 <= part < parts:
+            raise ConfigError(f"part={part} must be in [0, parts={parts})")
+        self._check_plan(plan)
+        t0 = time.perf_counter()
+        n_train = len(self._student_enc["train"])
+        if part == 0 or self._perm is None:
+            self._perm = self.rng.permutation(n_train)
+        pool = self._perm[part * n_train // parts : (part + 1) * n_train // parts]
+        acc = _Accumulator(self.num_teachers)
+        if plan.scope == "epoch" and plan.fraction < 1.0 and len(pool) > 0:
+            scores = self._score(pool, plan.selection, acc)
+            keep = select_most_uncertain(torch.from_numpy(scores), plan.fraction, rounding="round").numpy()
+            pool = pool[keep]
+        enc = self._student_enc["train"]
+        batches = [pool[b] for b in length_grouped_batches(enc.lengths[pool], self.config.batch_size, self.rng)]
+        total_steps = len(batches)
+        if plan.max_steps is not None:
+            batches = batches[: plan.max_steps]
+        span = 1.0 / (self.config.epochs * parts)
+        start = (self.epoch + part / parts) / self.config.epochs
+        self.student.train()
+        iterator = batches
+        if self.config.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc=f"epoch {self.epoch + 1} part {part + 1}/{parts}", unit="step", leave=False)
+        for i, idx in enumerate(iterator):
+            self.progress = start + span * i / max(total_steps, 1)
+            lr = self.config.lr * self._lr_factor(self.progress)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._train_step(plan, idx, acc)
+        self.progress = start + span * len(batches) / max(total_steps, 1)
+        finished = len(batches) == total_steps
+        if part == parts - 1 and finished:
+            self.epoch += 1
+            self._perm = None
+        self.teacher_forwards_total += acc.teacher_forwards
+        return acc.stats(
+            epoch=self.epoch - (1 if part == parts - 1 and finished else 0),
+            part=part,
+            wall_time=time.perf_counter() - t0,
+            lr=self.optimizer.param_groups[0]["lr"],
+            finished=finished,
+        )
+
+    @torch.no_grad()
+    def _score(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
+        """Uncertainty of every pool instance (higher = more uncertain), one no-grad pass."""
+        enc = self._student_enc["train"]
+        scores = np.empty(len(pool), dtype=np.float32)
+        if rule == "random":
+            scores[:] = torch.rand(len(pool), generator=self.torch_gen).numpy()
+            return scores
+        self.student.eval()
+        for b in length_grouped_batches(enc.lengths[pool], self.config.eval_batch_size, rng=None):
+            idx = pool[b]
+            batch = move_batch(enc.collate(idx, self._pad_to), self.device)
+            with self._autocast():
+                logits, _ = forward_logits_cls(self.student, batch)
+            scores[b] = uncertainty_scores(logits.float(), rule).cpu().numpy()
+            real, padded = enc.num_tokens(idx, self._pad_to)
+            acc.student_flops += forward_flops(self.student, padded, len(idx), padded / len(idx))
+        acc.examples_scored += len(pool)
+        return scores
+
+    def _train_step(self, plan: EpochPlan, idx: np.ndarray, acc: _Accumulator) -> None:
+        enc = self._student_enc["train"]
+        batch = move_batch(enc.collate(idx, self._pad_to), self.device)
+        use_hidden = plan.hidden_weight > 0 and bool(self._student_layers)
+        with self._autocast():
+            logits, s_cls = forward_logits_cls(self.student, batch, self._student_layers if use_hidden else ())
+        logits = logits.float()
+        idx_t = torch.from_numpy(idx).to(self.device)
+        labels = self._labels["train"][idx_t]
+        if self.spec.is_regression:
+            ce = losses.regression_loss(logits, labels.float())
+        else:
+            ce = losses.ce_loss(logits, labels)
+        ce_mean = ce.mean()
+        kd_mean = ce_mean.new_zeros(())
+        hid_mean = ce_mean.new_zeros(())
+        if plan.uses_teachers:
+            u = normalized_entropy(logits) if plan.needs_uncertainty else None
+            if plan.scope == "batch" and plan.fraction < 1.0:
+                sel = select_most_uncertain(uncertainty_scores(logits, plan.selection, self.torch_gen), plan.fraction)
+                sel = sel.to(self.device)
+            else:
+                sel = torch.arange(len(idx), device=self.device)
+            u_sel = None if u is None else u[sel]
+            weights = teacher_weights(
+                plan.teacher_mode, u_sel, self.num_teachers, plan.teacher_weights,
+                batch_size=len(sel), device=self.device,
+            )
+            kd_w_i, hid_w_i = objective_weights(plan.objective, u_sel, len(sel), device=self.device)
+            z = logits[sel]
+            kd_i = z.new_zeros(len(sel))
+            hid_i = z.new_zeros(len(sel))
+            for k in range(self.num_teachers):
+                rows = torch.nonzero(weights[:, k] > 0).flatten()
+                if len(rows) == 0:
+                    continue
+                t_logits, t_hidden = self._teacher_batch(k, idx[sel[rows].cpu().numpy()], use_hidden, acc)
+                w = weights[rows, k]
+                if plan.kd_weight > 0:
+                    if self.spec.is_regression or plan.kd_loss == "mse":
+                        term = losses.kd_mse_loss(z[rows], t_logits)
+                    else:
+                        term = losses.kd_kl_loss(z[rows], t_logits, plan.temperature)
+                    kd_i = kd_i.index_add(0, rows, w * term)
+                if use_hidden:
+                    s = s_cls[sel[rows]][:, self._student_pos[k]].float()
+                    if self._proj_shapes[k] is not None:
+                        s = torch.stack([p(s[:, j]) for j, p in enumerate(self.projections[k])], dim=1)
+                    hid_i = hid_i.index_add(0, rows, w * losses.hidden_mse_loss(s, t_hidden.float()))
+            kd_mean = (kd_w_i * kd_i).mean()
+            hid_mean = (hid_w_i * hid_i).mean()
+            acc.add_weights(weights, kd_w_i, hid_w_i)
+        total = plan.ce_weight * ce_mean + plan.kd_weight * kd_mean + plan.hidden_weight * hid_mean
+        terms = {
+            "ce": ce_mean.detach(), "kd": kd_mean.detach(), "hidden": hid_mean.detach(),
+            "ce_w": plan.ce_weight * ce_mean.detach(), "kd_w": plan.kd_weight * kd_mean.detach(),
+            "hidden_w": plan.hidden_weight * hid_mean.detach(), "total": total.detach(),
+        }
+        if not torch.isfinite(total):
+            values = {k: float(v) for k, v in terms.items()}
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step} (epoch {self.epoch}): {values}; lower the learning "
+                "rate (DistillerConfig.lr), check the teacher outputs, or raise warmup_ratio"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.global_step += 1
+        real, padded = enc.num_tokens(idx, self._pad_to)
+        acc.student_flops += 3 * forward_flops(self.student, padded, len(idx), padded / len(idx))
+        acc.add_step(terms, len(idx))
+
+    def _teacher_batch(
+        self, k: int, idx: np.ndarray, use_hidden: bool, acc: _Accumulator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher ``k``'s logits (and mapped [CLS] states) for training instances ``idx``."""
+        if self.config.teacher_source == "cache":
+            out = self._teacher_out[k]["train"]
+            idx_t = torch.from_numpy(idx).to(self.device)
+            hidden = out.hidden[idx_t] if use_hidden and out.hidden is not None else None
+            return out.logits[idx_t], hidden
+        teacher, enc = self.teachers[k], self._teacher_enc[k]["train"]
+        batch = move_batch(enc.collate(idx, self._pad_to), self.device)
+        layers = [t for _, t in self._layer_maps[k]] if use_hidden else []
+        with torch.no_grad(), self._autocast():
+            logits, cls = forward_logits_cls(teacher.model, batch, layers)
+        acc.teacher_forwards += len(idx)
+        real, padded = enc.num_tokens(idx, self._pad_to)
+        acc.teacher_flops += forward_flops(teacher.model, padded, len(idx), padded / len(idx))
+        return logits.float(), cls
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, split: str) -> torch.Tensor:
+        """Student logits ``(N, C)`` on a split, in the split's order (float32, on the device)."""
+        enc = self._split_encoding(split)
+        self.student.eval()
+        out = torch.empty((len(enc), self.spec.num_labels), dtype=torch.float32, device=self.device)
+        for idx in length_grouped_batches(enc.lengths, self.config.eval_batch_size, rng=None):
+            batch = move_batch(enc.collate(idx), self.device)
+            with self._autocast():
+                logits, _ = forward_logits_cls(self.student, batch)
+            out[torch.from_numpy(idx).to(self.device)] = logits.float()
+        return out
+
+    def _split_encoding(self, split: str) -> EncodedSplit:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+        return self._student_enc[split]
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "ctrl") -> EvalStats:
+        """Task metrics, loss, uncertainty and agreement with each teacher on ``split``."""
+        t0 = time.perf_counter()
+        enc = self._split_encoding(split)
+        logits = self.predict(split)
+        labels = self._labels[split]
+        metrics = compute_metrics(self.spec, logits.cpu().numpy(), labels.cpu().numpy())
+        if self.spec.is_regression:
+            loss = float(losses.regression_loss(logits, labels.float()).mean()) if len(labels) else 0.0
+            unc = 0.0
+        else:
+            loss = float(losses.ce_loss(logits, labels).mean()) if len(labels) else 0.0
+            unc = float(normalized_entropy(logits).mean()) if len(labels) else 0.0
+        agree, kl, scores = [], [], []
+        for k in range(self.num_teachers):
+            t = self._teacher_outputs(k, split).logits
+            if self.spec.is_regression:
+                span = float(labels.max() - labels.min()) or 1.0
+                agree.append(float(np.clip(1 - (logits - t).abs().mean().item() / span, 0, 1)))
+                kl.append(float(losses.kd_mse_loss(logits, t).mean()))
+            else:
+                agree.append(float((logits.argmax(-1) == t.argmax(-1)).float().mean()))
+                kl.append(float(losses.kd_kl_loss(logits, t, 1.0).mean()))
+            scores.append(self._teacher_score(k, split))
+        flops = forward_flops(self.student, int(enc.lengths.sum()), len(enc), float(enc.lengths.mean()) if len(enc) else 0.0)
+        return EvalStats(
+            split=split,
+            num_examples=len(enc),
+            metrics=metrics,
+            score=main_score(self.spec, metrics),
+            loss=loss,
+            mean_uncertainty=unc,
+            teacher_agreement=tuple(agree),
+            teacher_kl=tuple(kl),
+            teacher_scores=tuple(scores),
+            wall_time=time.perf_counter() - t0,
+            student_flops=flops,
+        )
+
+    def _teacher_score(self, k: int, split: str) -> float:
+        memo = self.__dict__.setdefault("_teacher_score_memo", {})
+        if (k, split) not in memo:
+            t = self._teacher_outputs(k, split).logits
+            m = compute_metrics(self.spec, t.cpu().numpy(), self._labels[split].cpu().numpy())
+            memo[(k, split)] = main_score(self.spec, m)
+        return memo[(k, split)]
+
+    # ------------------------------------------------------------------ persistence
+    def export_student(self, out_dir: str | Path) -> Path:
+        """Save the student with ``save_pretrained`` and its tokenizer (projections are not exported)."""
+        return export_model(self.student, self.student_tokenizer, out_dir)
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the full run state (student, projections, optimizer, schedule, RNG) atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+        try:
+            save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(tmp / "student.safetensors"))
+            save_file({k: v.contiguous() for k, v in self.projections.state_dict().items()} or {"_": torch.zeros(0)},
+                      str(tmp / "projections.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            rng = {"torch": torch.get_rng_state(), "gen": self.torch_gen.get_state()}
+            if self._perm is not None:
+                rng["perm"] = torch.from_numpy(self._perm.astype(np.int64))
+            save_file(rng, str(tmp / "rng.safetensors"))
+            state = {
+                "seed": self.seed, "epoch": self.epoch, "progress": self.progress, "global_step": self.global_step,
+                "numpy_rng": self.rng.bit_generator.state, "config": asdict(self.config),
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a state written by :meth:`save_checkpoint` (resume or fork a run)."""
+        path = Path(path)
+        state = json.loads((path / "state.json").read_text())
+        self.reset(state["seed"])
+        self.student.load_state_dict(load_file(str(path / "student.safetensors"), device=str(self.device)))
+        proj = load_file(str(path / "projections.safetensors"), device=str(self.device))
+        proj.pop("_", None)
+        self.projections.load_state_dict(proj)
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))
+        rng = load_file(str(path / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        self.torch_gen.set_state(rng["gen"])
+        self._perm = rng["perm"].numpy() if "perm" in rng else None
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.epoch, self.progress, self.global_step = state["epoch"], state["progress"], state["global_step"]
+
+
+def _init_linear(layer: nn.Linear, gen: torch.Generator) -> nn.Linear:
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(layer.in_features)
+        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=gen))
+        layer.bias.zero_()
+    return layer
+
+
+class _Accumulator:
+    """Sums of one train_epoch call, turned into an :class:`EpochStats`."""
+
+    def __init__(self, num_teachers: int) -> None:
+        self.steps = 0
+        self.examples = 0
+        self.examples_scored = 0
+        self.teacher_forwards = 0
+        self.student_flops = 0.0
+        self.teacher_flops = 0.0
+        self.terms: dict[str, torch.Tensor] = {}
+        self.weight_sum: torch.Tensor | float = 0.0
+        self.kd_w_sum: torch.Tensor | float = 0.0
+        self.hid_w_sum: torch.Tensor | float = 0.0
+        self.num_teachers = num_teachers
+        self.kd_instances = 0
+
+    def add_step(self, terms: dict[str, torch.Tensor], batch: int) -> None:
+        self.steps += 1
+        self.examples += batch
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + v  # stays on device: no sync per step
+
+    def add_weights(self, weights: torch.Tensor, kd_w: torch.Tensor, hid_w: torch.Tensor) -> None:
+        # Kept on the device: no host sync per step.
+        self.weight_sum = self.weight_sum + weights.detach().sum(0)
+        self.kd_w_sum = self.kd_w_sum + kd_w.detach().sum()
+        self.hid_w_sum = self.hid_w_sum + hid_w.detach().sum()
+        self.kd_instances += len(kd_w)
+
+    def stats(self, epoch: int, part: int, wall_time: float, lr: float, finished: bool) -> EpochStats:
+        n = max(self.steps, 1)
+        losses_ = {k: float(v) / n for k, v in self.terms.items()}
+        for k in ("ce", "kd", "hidden", "ce_w", "kd_w", "hidden_w", "total"):
+            losses_.setdefault(k, 0.0)
+        m = max(self.kd_instances, 1)
+        return EpochStats(
+            epoch=epoch,
+            part=part,
+            steps=self.steps,
+            examples_trained=self.examples,
+            examples_scored=self.examples_scored,
+            teacher_forwards=self.teacher_forwards,
+            losses=losses_,
+            student_flops=self.student_flops,
+            teacher_flops=self.teacher_flops,
+            wall_time=wall_time,
+            teacher_weights=tuple(float(x) / m for x in self.weight_sum)
+            if self.kd_instances
+            else (0.0,) * self.num_teachers,
+            kd_instance_weight=float(self.kd_w_sum) / m if self.kd_instances else 0.0,
+            hidden_instance_weight=float(self.hid_w_sum) / m if self.kd_instances else 0.0,
+            lr=lr,
+            epoch_finished=finished,
+        )

@@ -1,0 +1,262 @@
+"""Builders shared by every workflow: task + teachers + student + config → a ready :class:`Distiller`.
+
+``experiments/distill.py``, ``train_teachers.py``, the Gymnasium env and the learn/replay/compare
+scripts all build their KD run here, so there is one pipeline, not one per script.
+
+Model sources (``teachers``, ``student``) are strings:
+
+* a preset name (``tiny-2x128``, …, see :data:`kd_backend.models.PRESETS`): built from a config
+  with a WordPiece tokenizer trained on the task's training text. As a *teacher*, a preset is
+  fine-tuned on the task on first use and kept under ``cache_dir/models`` (later runs load it);
+* a local checkpoint directory (``save_pretrained`` layout);
+* a Hugging Face hub id (needs network; a clear error offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kd_backend.data import TaskData, load_task
+from kd_backend.distiller import Distiller, DistillerConfig, Teacher
+from kd_backend.errors import ConfigError
+from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_model
+from kd_backend.plan import EpochPlan, EvalStats
+from kd_backend.synthetic import SyntheticConfig
+from kd_backend.tokenization import tokenizer_fingerprint, train_wordpiece_tokenizer
+
+logger = logging.getLogger(__name__)
+
+STUDENT_INITS = ("fresh", "first", "every-other")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Everything that defines a KD run's data, models and optimisation."""
+
+    task: str = "synthetic"
+    """``synthetic`` (built in, no files), a GLUE task (``glue/sst2``, ``rte``, …) or a CSV/TSV/JSON file."""
+    data_dir: str | None = None
+    """GLUE folder in the official TSV layout (e.g. ``../shared/data/glue``); None = the HF hub."""
+    train_limit: int | None = None
+    """Use a seeded subset of this many training instances (None = all)."""
+    dev_limit: int | None = None
+    """Use a seeded subset of this many dev instances (None = all)."""
+    ctrl_fraction: float = 0.1
+    """Fraction of the training data held out as the ``ctrl`` split that controllers decide on."""
+    ctrl_max: int = 2000
+    """Cap on the ``ctrl`` split's size."""
+    synthetic_train: int = 6000
+    """Training instances of the synthetic task (before the ctrl hold-out)."""
+    synthetic_dev: int = 1000
+    """Dev instances of the synthetic task."""
+    data_seed: int = 0
+    """Seed of the ctrl hold-out, the subsets and the synthetic task."""
+    teachers: tuple[str, ...] = ("tiny-2x128", "tiny-4x256")
+    """Teacher sources (preset, checkpoint dir or hub id); ordered by size automatically."""
+    student: str = "tiny-1x64"
+    """Student source: a preset (fresh) or a checkpoint dir; see ``student_init`` for teacher layers."""
+    student_init: str = "fresh"
+    """``fresh`` (``student`` as given), ``first`` (the paper: bottom ``student_layers`` of the smallest
+    teacher) or ``every-other`` (PKD-style alternate layers of that teacher)."""
+    student_layers: int = 6
+    """Layers of a student initialised from a teacher (``student_init != 'fresh'``)."""
+    vocab_size: int = 8000
+    """WordPiece vocabulary size for models built from presets."""
+    teacher_epochs: int = 3
+    """Epochs to fine-tune a preset teacher on first use."""
+    teacher_lr: float = 1e-3
+    """Learning rate to fine-tune a preset teacher on first use."""
+    epochs: int = 3
+    """Planned epochs of the KD run."""
+    batch_size: int = 32
+    """Training batch size."""
+    lr: float = 1e-3
+    """Peak learning rate of the student (1e-3 for tiny students from scratch; 2e-5 for BERT)."""
+    warmup_ratio: float = 0.1
+    """Fraction of the run spent on linear warm-up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_seq_length: int = 128
+    """Tokens per instance after truncation."""
+    pad_to_max_length: bool = False
+    """Static padding to ``max_seq_length`` (paper mode) instead of dynamic padding."""
+    teacher_source: str = "cache"
+    """``cache`` (teacher outputs once per dataset) or ``online`` (teacher forward every step)."""
+    cache_dir: str = ".cache/dynakd"
+    """Folder for teacher caches, trained preset teachers and tokenizers."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    bf16: bool = True
+    """bf16 autocast on CUDA."""
+    seed: int = 0
+    """Seed of the student, data order and selection."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teachers, str):
+            object.__setattr__(self, "teachers", (self.teachers,))
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+        if self.student_init not in STUDENT_INITS:
+            raise ConfigError(f"student_init={self.student_init!r} must be one of {list(STUDENT_INITS)}")
+        if self.student_init != "fresh" and not self.teachers:
+            raise ConfigError(f"student_init={self.student_init!r} needs a teacher to copy layers from")
+
+    def distiller_config(self) -> DistillerConfig:
+        """The optimisation part of this config."""
+        return DistillerConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio, max_seq_length=self.max_seq_length,
+            pad_to_max_length=self.pad_to_max_length, teacher_source=self.teacher_source,
+            cache_dir=self.cache_dir, device=self.device, bf16=self.bf16, seed=self.seed, progress=self.progress,
+        )
+
+
+def load_task_data(cfg: BackendConfig) -> TaskData:
+    """Load the configured task with its train / ctrl / dev splits."""
+    synthetic = SyntheticConfig(num_train=cfg.synthetic_train, num_dev=cfg.synthetic_dev, seed=cfg.data_seed)
+    return load_task(
+        cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, seed=cfg.data_seed,
+        train_limit=cfg.train_limit, dev_limit=cfg.dev_limit, synthetic=synthetic,
+    )
+
+
+def task_tokenizer(task: TaskData, vocab_size: int, cache_dir: str | Path) -> Any:
+    """The WordPiece tokenizer trained on the task's training text (cached on disk)."""
+    from transformers import AutoTokenizer
+
+    key = hashlib.sha256(f"{task.train.fingerprint}:{vocab_size}".encode()).hexdigest()[:24]
+    path = Path(cache_dir) / "tokenizers" / key
+    if (path / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(path))
+    texts = list(task.train.text_a) + list(task.train.text_b or ())
+    tok = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=key))
+    tok.save_pretrained(str(tmp))
+    try:
+        tmp.rename(path)  # atomic; if another process won the race, keep its copy
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
+def _is_preset(source: str) -> bool:
+    return source in PRESETS and not Path(source).is_dir()
+
+
+def preset_factory(preset: str, task: TaskData, tokenizer: Any) -> Callable[[int], nn.Module]:
+    """``seed -> fresh model`` for a preset sized for the task and tokenizer."""
+    spec = task.spec
+
+    def make(seed: int) -> nn.Module:
+        return build_model(
+            preset, spec.num_labels, len(tokenizer), pad_token_id=tokenizer.pad_token_id or 0,
+            is_regression=spec.is_regression, seed=seed,
+        )
+
+    return make
+
+
+def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
+    """A teacher from a checkpoint dir or hub id, or a preset fine-tuned on first use (then cached)."""
+    if not _is_preset(source):
+        model, tok = load_model(source, task.spec.num_labels, task.spec.is_regression)
+        return Teacher(name=Path(source).name or source, model=model, tokenizer=tok)
+    tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
+    recipe = {
+        "preset": source, "task": task.train.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
+        "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr, "batch_size": cfg.batch_size,
+        "max_seq_length": cfg.max_seq_length, "seed": cfg.data_seed,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+    out = Path(cfg.cache_dir) / "models" / f"{source}-{key}"
+    if not (out / "config.json").exists():
+        logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
+        train_config = DistillerConfig(
+            epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.teacher_lr, warmup_ratio=0.1,
+            max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
+            cache_dir=cfg.cache_dir, progress=cfg.progress,
+        )
+        fine_tune(task, preset_factory(source, task, tokenizer), tokenizer, train_config, out)
+    model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
+    return Teacher(name=source, model=model, tokenizer=tok)
+
+
+def fine_tune(
+    task: TaskData,
+    factory: Callable[[int], nn.Module],
+    tokenizer: Any,
+    config: DistillerConfig,
+    out_dir: str | Path | None = None,
+) -> tuple[Distiller, list[EvalStats]]:
+    """Plain fine-tuning on gold labels (teachers and the no-KD baseline); exports when ``out_dir``.
+
+    :return: the distiller (holding the trained model) and the dev evaluation after each epoch.
+    """
+    distiller = Distiller(task, factory, tokenizer, teachers=(), config=config)
+    plan = EpochPlan(kd_weight=0.0, hidden_weight=0.0)
+    evals = []
+    for _ in range(config.epochs):
+        distiller.train_epoch(plan)
+        evals.append(distiller.evaluate("dev"))
+    if out_dir is not None:
+        distiller.export_student(out_dir)
+        (Path(out_dir) / "dynakd_eval.json").write_text(json.dumps([e.to_dict() for e in evals], indent=1))
+    return distiller, evals
+
+
+def build_student(cfg: BackendConfig, task: TaskData, teachers: list[Teacher]) -> tuple[Callable[[int], nn.Module], Any]:
+    """The student factory (``seed -> model``) and tokenizer described by ``cfg``."""
+    if cfg.student_init != "fresh":
+        source = min(teachers, key=lambda t: sum(p.numel() for p in t.model.parameters()))
+
+        def from_teacher(seed: int) -> nn.Module:
+            return init_student_from_teacher(
+                source.model, cfg.student_layers, strategy=cfg.student_init,
+                num_labels=task.spec.num_labels, seed=seed,
+            )
+
+        return from_teacher, source.tokenizer
+    if _is_preset(cfg.student):
+        tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
+        return preset_factory(cfg.student, task, tokenizer), tokenizer
+    # A student checkpoint may be a pre-trained encoder without a task head: the head is trained here.
+    _, tokenizer = load_model(cfg.student, task.spec.num_labels, task.spec.is_regression, require_head=False)
+
+    def from_checkpoint(seed: int) -> nn.Module:
+        torch.manual_seed(seed)  # seeds the freshly initialised head
+        return load_model(cfg.student, task.spec.num_labels, task.spec.is_regression, require_head=False)[0]
+
+    return from_checkpoint, tokenizer
+
+
+def build_distiller(cfg: BackendConfig, task: TaskData | None = None) -> Distiller:
+    """Load the task and the teachers (training preset teachers on first use) and build the distiller."""
+    task = task or load_task_data(cfg)
+    teachers = [load_teacher(src, cfg, task) for src in cfg.teachers]
+    factory, tokenizer = build_student(cfg, task, teachers)
+    return Distiller(task, factory, tokenizer, teachers=teachers, config=cfg.distiller_config())
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON/YAML-ready dict of a config dataclass."""
+    d = asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+__all__ = [
+    "BackendConfig", "build_distiller", "build_student", "fine_tune", "load_task_data", "load_teacher",
+    "task_tokenizer", "config_dict",
+]
