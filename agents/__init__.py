@@ -1,0 +1,15 @@
+"""Controllers of the KD run: SB3 learners (:mod:`agents.factory`), baselines and the shared
+evaluation loop (:mod:`agents.baselines`), and the logging/checkpoint callback (:mod:`agents.callbacks`)."""
+
+from agents.baselines import (
+    Controller, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController, StepRecord,
+    evaluate_controller,
+)
+from agents.callbacks import EpisodeLogger, read_episodes, truncate_episodes
+from agents.factory import ALGORITHMS, compatible_algorithms, default_hyperparameters, load_agent, make_agent
+
+__all__ = [
+    "ALGORITHMS", "Controller", "EpisodeLogger", "EpisodeRecord", "PaperHeuristic", "RandomController",
+    "ScheduleController", "StaticController", "StepRecord", "compatible_algorithms", "default_hyperparameters",
+    "evaluate_controller", "load_agent", "make_agent", "read_episodes", "truncate_episodes",
+]

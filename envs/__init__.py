@@ -1,0 +1,32 @@
+"""Gymnasium environments of DynaKD: the KD run as an environment (``DynamicKD-v0``).
+
+``import envs`` registers:
+
+* ``DynamicKD-v0`` — ``gymnasium.make("DynamicKD-v0", config=EnvConfig(...))``; without a config,
+  the default synthetic task with tiny preset teachers (trained on first use);
+* ``DynamicKD-tiny-v0`` — a tiny run for tests and demos (see :func:`envs.config.tiny_config`),
+  a few seconds per episode on CPU; pass ``config=tiny_config(cache_dir=...)`` to move its cache.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from envs.actions import ActionCodec, BoxCodec, MenuCodec, MultiDiscreteCodec, default_menu, make_codec, named_plans
+from envs.config import EnvConfig, tiny_backend, tiny_config
+from envs.distillation_env import DistillationEnv
+from envs.observation import observation_names, observation_space
+from envs.reward import step_reward
+
+ENTRY_POINT = "envs.distillation_env:DistillationEnv"
+
+if "DynamicKD-v0" not in gymnasium.registry:
+    gymnasium.register(id="DynamicKD-v0", entry_point=ENTRY_POINT)
+if "DynamicKD-tiny-v0" not in gymnasium.registry:
+    gymnasium.register(id="DynamicKD-tiny-v0", entry_point=ENTRY_POINT, kwargs={"config": tiny_config()})
+
+__all__ = [
+    "ActionCodec", "BoxCodec", "DistillationEnv", "EnvConfig", "MenuCodec", "MultiDiscreteCodec", "default_menu",
+    "make_codec", "named_plans", "observation_names", "observation_space", "step_reward", "tiny_backend",
+    "tiny_config",
+]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError, safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -163,7 +163,7 @@ def load_outputs(path: Path, expected_rows: int) -> TeacherOutputs:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CacheError(f"teacher cache file {path} is unreadable ({err}); it will be rebuilt") from err
     if "logits" not in tensors or meta.get("checksum") != _checksum(tensors):
         raise CacheError(f"teacher cache file {path} fails its checksum (corrupted); it will be rebuilt")

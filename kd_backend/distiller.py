@@ -146,7 +146,7 @@ class Distiller:
         self.teachers = sorted(teachers, key=lambda t: model_size(t.model))
         self._encodings: dict[str, dict[str, EncodedSplit]] = {}
         self._labels = {
-            s: torch.as_tensor(task.split(s).labels, device=self.device) for s in SPLITS
+            s: torch.tensor(np.asarray(task.split(s).labels), device=self.device) for s in SPLITS
         }
         self.student = student_factory(self.config.seed)  # rebuilt by reset(); here for its shape
         self._check_student_fits(self.student)
@@ -253,7 +253,6 @@ class Distiller:
     def reset(self, seed: int) -> None:
         """Start a new KD run: fresh student (seeded), optimizer, schedule and data order."""
         self.seed = int(seed)
-        torch.manual_seed(self.seed)
         self.student = self.student_factory(self.seed)
         self._check_student_fits(self.student)
         self.student.to(self.device)
@@ -277,10 +276,36 @@ class Distiller:
         )
         self.rng = np.random.default_rng(self.seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed + 2)
+        # Dropout draws from torch's global generator; the run keeps its own state of it (see _own_rng)
+        # so that anything else drawing in between (an RL agent, another run) cannot change this run.
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.manual_seed(self.seed + 3)
+            self._rng_states = self._get_global_rng()
         self.epoch = 0
         self.progress = 0.0
         self.global_step = 0
         self._perm: np.ndarray | None = None
+
+    def _cuda_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _get_global_rng(self) -> dict[str, torch.Tensor]:
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Run a block on this run's own global-RNG state, leaving the caller's state untouched."""
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.set_rng_state(self._rng_states["cpu"])
+            if "cuda" in self._rng_states:
+                torch.cuda.set_rng_state(self._rng_states["cuda"], self.device)
+            try:
+                yield
+            finally:
+                self._rng_states = self._get_global_rng()
 
     def _lr_factor(self, progress: float) -> float:
         w = self.config.warmup_ratio
@@ -343,12 +368,13 @@ class Distiller:
             from tqdm.auto import tqdm
 
             iterator = tqdm(batches, desc=f"epoch {self.epoch + 1} part {part + 1}/{parts}", unit="step", leave=False)
-        for i, idx in enumerate(iterator):
-            self.progress = start + span * i / max(total_steps, 1)
-            lr = self.config.lr * self._lr_factor(self.progress)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self._train_step(plan, idx, acc)
+        with self._own_rng():
+            for i, idx in enumerate(iterator):
+                self.progress = start + span * i / max(total_steps, 1)
+                lr = self.config.lr * self._lr_factor(self.progress)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self._train_step(plan, idx, acc)
         self.progress = start + span * len(batches) / max(total_steps, 1)
         finished = len(batches) == total_steps
         if part == parts - 1 and finished:
@@ -474,7 +500,8 @@ class Distiller:
         acc.teacher_forwards += len(idx)
         real, padded = enc.num_tokens(idx, self._pad_to)
         acc.teacher_flops += forward_flops(teacher.model, padded, len(idx), padded / len(idx))
-        return logits.float(), cls
+        # Hidden states at the cache's precision (fp16), so online and cached runs compute the same loss.
+        return logits.float(), None if cls is None else cls.to(torch.float16)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -558,7 +585,7 @@ class Distiller:
             save_file({k: v.contiguous() for k, v in self.projections.state_dict().items()} or {"_": torch.zeros(0)},
                       str(tmp / "projections.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            rng = {"torch": torch.get_rng_state(), "gen": self.torch_gen.get_state()}
+            rng = {**{f"global_{k}": v for k, v in self._rng_states.items()}, "gen": self.torch_gen.get_state()}
             if self._perm is not None:
                 rng["perm"] = torch.from_numpy(self._perm.astype(np.int64))
             save_file(rng, str(tmp / "rng.safetensors"))
@@ -586,7 +613,7 @@ class Distiller:
         self.projections.load_state_dict(proj)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))
         rng = load_file(str(path / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
+        self._rng_states = {k[len("global_"):]: v for k, v in rng.items() if k.startswith("global_")}
         self.torch_gen.set_state(rng["gen"])
         self._perm = rng["perm"].numpy() if "perm" in rng else None
         self.rng.bit_generator.state = state["numpy_rng"]

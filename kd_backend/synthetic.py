@@ -199,10 +199,17 @@ def _sentence(rng: np.random.Generator, config: SyntheticConfig) -> str:
 
 def _generate(num: int, rng: np.random.Generator, config: SyntheticConfig) -> TextSplit:
     texts: list[str] = []
-    while len(texts) < num:
+    for _ in range(100 * num):  # sentences outside [min_words, max_words] are redrawn
         text = _sentence(rng, config)
         if config.min_words <= len(text.split()) <= config.max_words:
             texts.append(text)
+            if len(texts) == num:
+                break
+    else:
+        raise ConfigError(
+            f"SyntheticConfig: hardly any sentence has between min_words={config.min_words} and "
+            f"max_words={config.max_words} words; widen the range (sentences have 4 to about 30 words)"
+        )
     totals = np.array([rule_score(t, config.but_weight) for t in texts])
     labels = (rng.random(num) < 1.0 / (1.0 + np.exp(-config.sharpness * totals))).astype(np.int64)
     noisy = rng.random(num) < config.label_noise

@@ -1,0 +1,189 @@
+"""What a learning run leaves behind: ``episodes.jsonl``, TensorBoard scalars and checkpoints.
+
+:class:`EpisodeLogger` writes, for every env step during SB3 learning, one JSON line (the applied
+plan, the epoch stats, ctrl evaluation, reward, compute; on the last step of an episode also the
+final ctrl and dev scores) to ``<run_dir>/episodes.jsonl`` — append-only and flushed per line — and
+the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/dynakd``:
+
+* per step (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``,
+  ``plan/fraction``, ``plan/ce_weight``, ``plan/kd_weight``, ``plan/hidden_weight``,
+  ``plan/teacher_weight/<teacher>`` (weights each teacher actually received),
+  ``plan/kd_instance_weight``, ``plan/hidden_instance_weight``;
+* per episode (x = episode): ``episode/final_ctrl_score``, ``episode/final_dev_score``,
+  ``episode/compute``, ``episode/return``.
+
+Every ``checkpoint_every`` finished episodes it saves the learner (and an off-policy replay buffer)
+under ``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it; checkpoints fall on
+episode boundaries, so resuming loses no finished episode. :func:`truncate_episodes` drops the lines
+of episodes a resumed run will redo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, TextIO
+
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from kd_backend.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+EPISODES_FILE = "episodes.jsonl"
+
+
+class EpisodeLogger(BaseCallback):
+    """Per-step JSONL + TensorBoard logging and episode-boundary checkpoints for DynaKD learning runs.
+
+    :param run_dir: the run's folder.
+    :param checkpoint_every: save a checkpoint every this many finished episodes (0 = never).
+    :param tensorboard: also write TensorBoard scalars.
+    :param start_episode: number of the first episode (the episodes already finished, when resuming).
+    :param save_replay_buffer: with off-policy learners, save the replay buffer with each checkpoint.
+    :param verbose: SB3 verbosity.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        checkpoint_every: int = 0,
+        tensorboard: bool = True,
+        start_episode: int = 0,
+        save_replay_buffer: bool = True,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        self.run_dir = Path(run_dir)
+        self.checkpoint_every = checkpoint_every
+        self.tensorboard = tensorboard
+        self.episodes = start_episode
+        self.save_replay = save_replay_buffer
+        self._file: TextIO | None = None
+        self._writer: Any = None
+        self._current: dict[int, int] = {}  # env index -> episode number in progress
+        self._returns: dict[int, float] = {}
+
+    @property
+    def episodes_path(self) -> Path:
+        return self.run_dir / EPISODES_FILE
+
+    def _on_training_start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = self.episodes_path.open("a")
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard" / "dynakd"))
+        self._current.clear()
+        self._returns.clear()
+
+    def _on_step(self) -> bool:
+        infos, rewards, dones = self.locals["infos"], self.locals["rewards"], self.locals["dones"]
+        for i, info in enumerate(infos):
+            if "plan" not in info:
+                continue
+            if i not in self._current:
+                self._current[i] = self.episodes + len(self._current)
+                self._returns[i] = 0.0
+            episode = self._current[i]
+            reward = float(rewards[i])
+            self._returns[i] += reward
+            done = bool(dones[i])
+            line: dict[str, Any] = {
+                "episode": episode, "step": info["step"], "env": i, "timestep": self.num_timesteps,
+                "seed": info["seed"], "reward": reward, "plan": info["plan"], "stats": info["stats"],
+                "ctrl": info["ctrl"], "teacher_weights": info["teacher_weights"], "step_compute": info["step_compute"],
+                "compute_total": info["compute_total"], "done": done,
+            }
+            if done:
+                line.update(final_ctrl_score=info["final_ctrl_score"], dev_score=info.get("dev_score"),
+                            episode_return=self._returns[i])
+            self._write_line(line)
+            self._write_scalars(line)
+            if done:
+                self._finish_episode(i, line)
+        return True
+
+    def _write_line(self, line: dict[str, Any]) -> None:
+        assert self._file is not None
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+
+    def _write_scalars(self, line: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        t, plan, stats = line["timestep"], line["plan"], line["stats"]
+        scalars = {
+            "step/reward": line["reward"], "step/ctrl_score": line["ctrl"]["score"], "step/compute": line["step_compute"],
+            "plan/fraction": plan["fraction"], "plan/ce_weight": plan["ce_weight"], "plan/kd_weight": plan["kd_weight"],
+            "plan/hidden_weight": plan["hidden_weight"], "plan/kd_instance_weight": stats["kd_instance_weight"],
+            "plan/hidden_instance_weight": stats["hidden_instance_weight"],
+            **{f"plan/teacher_weight/{k}": w for k, w in line["teacher_weights"].items()},
+        }
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, value, t)
+
+    def _finish_episode(self, i: int, line: dict[str, Any]) -> None:
+        episode = self._current.pop(i)
+        self.episodes = max(self.episodes, episode + 1)
+        if self._writer is not None:
+            for tag, value in (
+                ("episode/final_ctrl_score", line["final_ctrl_score"]), ("episode/final_dev_score", line["dev_score"]),
+                ("episode/compute", line["compute_total"]), ("episode/return", line["episode_return"]),
+            ):
+                if value is not None:
+                    self._writer.add_scalar(tag, value, episode)
+            self._writer.flush()
+        if self.checkpoint_every and self.episodes % self.checkpoint_every == 0 and not self._current:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path:
+        """Save the learner now as ``checkpoints/episode-<N>.zip`` and point ``latest.json`` at it."""
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        model_path = folder / f"episode-{self.episodes:05d}.zip"
+        self.model.save(model_path)
+        buffer_path = None
+        if self.save_replay and isinstance(self.model, OffPolicyAlgorithm):
+            buffer_path = folder / f"episode-{self.episodes:05d}-replay.pkl"
+            self.model.save_replay_buffer(buffer_path)
+        atomic_write_json(folder / "latest.json", {
+            "episodes": self.episodes, "num_timesteps": self.num_timesteps, "model": model_path.name,
+            "replay_buffer": buffer_path.name if buffer_path else None,
+        })
+        logger.info("checkpoint after %d episodes: %s", self.episodes, model_path)
+        return model_path
+
+    def _on_training_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_episodes(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of an ``episodes.jsonl``; a torn last line (a kill mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = []
+    for n, raw in enumerate(path.read_text().splitlines()):
+        if not raw.strip():
+            continue
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            logger.warning("%s line %d is not valid JSON (interrupted write?); skipped", path, n + 1)
+    return lines
+
+
+def truncate_episodes(path: str | Path, num_episodes: int) -> int:
+    """Keep only the lines of episodes ``< num_episodes`` (those a checkpoint covers); returns lines kept."""
+    kept = [line for line in read_episodes(path) if line.get("episode", 0) < num_episodes]
+    atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
+    return len(kept)

@@ -1,0 +1,159 @@
+"""SB3 learners built from one function, with defaults for expensive, short episodes.
+
+One KD run is one episode of a handful of steps, each costing a training epoch, so the defaults
+favour few, whole-episode rollouts, small batches, small networks and gamma ~ 1:
+
+* PPO: rollouts of 4 whole episodes, minibatches of one episode, gamma 1 (the dense reward then
+  sums to the final improvement), entropy bonus 0.01;
+* A2C: one whole episode per update, gamma 1, entropy bonus 0.01;
+* DQN / SAC: learning starts after 2 episodes, batches of 16, gamma 0.99 (bootstrapped targets
+  are steadier below 1).
+
+Policies are 64x64 MLPs on CPU. The algorithm's name is saved with the policy
+(``dynakd_algo``) so :func:`load_agent` can rebuild it without being told.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+from stable_baselines3 import A2C, DQN, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import VecEnv
+
+from kd_backend.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
+SUPPORTED_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
+    "ppo": (spaces.Discrete, spaces.MultiDiscrete, spaces.Box),
+    "a2c": (spaces.Discrete, spaces.MultiDiscrete, spaces.Box),
+    "dqn": (spaces.Discrete,),
+    "sac": (spaces.Box,),
+}
+
+
+def _space_kind(space: spaces.Space) -> str:
+    return {spaces.Discrete: "discrete", spaces.MultiDiscrete: "multidiscrete", spaces.Box: "box"}.get(
+        type(space), type(space).__name__
+    )
+
+
+def compatible_algorithms(action_space: spaces.Space) -> tuple[str, ...]:
+    """Names of the algorithms that can act in ``action_space``."""
+    return tuple(name for name, kinds in SUPPORTED_SPACES.items() if isinstance(action_space, kinds))
+
+
+def _check_algo(algo: str, action_space: spaces.Space) -> str:
+    name = algo.lower()
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGORITHMS)}")
+    if not isinstance(action_space, SUPPORTED_SPACES[name]):
+        fits = compatible_algorithms(action_space)
+        raise ConfigError(
+            f"algorithm {algo!r} cannot act in a {_space_kind(action_space)} action space ({action_space}); "
+            f"use one of {list(fits)}, or another EnvConfig.action_space"
+        )
+    return name
+
+
+def episode_steps(env: gym.Env | VecEnv) -> int:
+    """Decisions per episode of a :class:`DistillationEnv` (plain, wrapped or vectorised)."""
+    if isinstance(env, VecEnv):
+        return int(env.get_attr("steps_per_episode")[0])
+    length = getattr(env.unwrapped, "steps_per_episode", None)
+    if length is None:
+        raise ConfigError(f"{env} has no steps_per_episode; pass episode_length= to make_agent")
+    return int(length)
+
+
+def default_hyperparameters(algo: str, length: int) -> dict[str, Any]:
+    """The defaults of :func:`make_agent` for episodes of ``length`` decisions (see the module docstring)."""
+    net = {"net_arch": [64, 64]}
+    if algo == "ppo":
+        return dict(n_steps=4 * length, batch_size=max(2, length), n_epochs=10, gamma=1.0, gae_lambda=0.95,
+                    learning_rate=3e-4, ent_coef=0.01, policy_kwargs=net)
+    if algo == "a2c":
+        return dict(n_steps=length, gamma=1.0, gae_lambda=0.95, learning_rate=7e-4, ent_coef=0.01, policy_kwargs=net)
+    if algo == "dqn":
+        return dict(learning_starts=2 * length, buffer_size=10_000, batch_size=16, gamma=0.99, train_freq=1,
+                    gradient_steps=1, target_update_interval=4 * length, exploration_fraction=0.5,
+                    exploration_final_eps=0.05, learning_rate=1e-3, policy_kwargs=net)
+    if algo == "sac":
+        return dict(learning_starts=2 * length, buffer_size=10_000, batch_size=16, gamma=0.99, train_freq=1,
+                    gradient_steps=1, learning_rate=3e-4, policy_kwargs=net)
+    raise ConfigError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGORITHMS)}")
+
+
+def make_agent(
+    algo: str,
+    env: gym.Env | VecEnv,
+    *,
+    tensorboard_log: str | Path | None = None,
+    seed: int = 0,
+    episode_length: int | None = None,
+    device: str = "cpu",
+    verbose: int = 0,
+    **overrides: Any,
+) -> BaseAlgorithm:
+    """A PPO, A2C, DQN or SAC learner for ``env`` with DynaKD's defaults.
+
+    :param algo: ``ppo``, ``a2c``, ``dqn`` or ``sac`` (any case).
+    :param env: a DynaKD env (plain, wrapped or a VecEnv).
+    :param tensorboard_log: folder for SB3's TensorBoard events (None = none).
+    :param seed: seed of the learner (network init, exploration).
+    :param episode_length: decisions per episode; None = read ``steps_per_episode`` from the env.
+    :param device: torch device of the policy (a 64x64 MLP runs best on CPU).
+    :param verbose: SB3 verbosity.
+    :param overrides: any constructor argument of the algorithm, replacing the default.
+    :raises ConfigError: unknown algorithm, or one that cannot act in the env's action space.
+    """
+    name = _check_algo(algo, env.action_space)
+    length = episode_length if episode_length is not None else episode_steps(env)
+    params = default_hyperparameters(name, length)
+    params.update(overrides)
+    agent = ALGORITHMS[name](
+        "MlpPolicy", env, tensorboard_log=None if tensorboard_log is None else str(tensorboard_log),
+        seed=seed, device=device, verbose=verbose, **params,
+    )
+    agent.dynakd_algo = name  # saved with the policy, read back by load_agent
+    return agent
+
+
+def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """Load a saved learner for ``env``, checking first that its spaces match the env's.
+
+    :param path: a ``.zip`` written by ``agent.save``.
+    :param env: the env to act in.
+    :param algo: the algorithm's name; None = the one saved by :func:`make_agent`.
+    :param device: torch device of the policy.
+    :raises ConfigError: missing file, unknown algorithm, or observation/action spaces that differ.
+    """
+    path = Path(path)
+    if not path.exists() and not path.with_suffix(".zip").exists():
+        raise ConfigError(f"policy file {path} does not exist")
+    data, _, _ = load_from_zip_file(path, device=device)
+    assert data is not None
+    for kind in ("observation", "action"):
+        saved, ours = data.get(f"{kind}_space"), getattr(env, f"{kind}_space")
+        if saved != ours:
+            raise ConfigError(
+                f"policy {path} was trained with {kind} space {saved} but the env has {ours}; "
+                "use the env config the policy was learned with (teachers, action_space, menu, bins)"
+            )
+    saved_algo = data.get("dynakd_algo")
+    name = (algo or saved_algo or "").lower()
+    if not name:
+        raise ConfigError(f"policy {path} does not record its algorithm; pass algo= one of {sorted(ALGORITHMS)}")
+    if saved_algo and algo and algo.lower() != saved_algo:
+        raise ConfigError(f"policy {path} was trained with {saved_algo!r}, not {algo!r}")
+    name = _check_algo(name, env.action_space)
+    agent = ALGORITHMS[name].load(path, env=env, device=device)
+    agent.dynakd_algo = name
+    return agent

@@ -1,0 +1,166 @@
+"""``DistillationEnv``: one episode is one KD run; each step picks the plan of one epoch (or chunk).
+
+The env is a thin layer over :class:`kd_backend.distiller.Distiller`: it decodes the action into an
+:class:`EpochPlan`, trains, evaluates the ctrl split, and turns the stats into an observation
+(:mod:`envs.observation`) and a reward (:mod:`envs.reward`). The dev split is evaluated only after
+the episode's last step, for the ``info`` of that step (``report_dev``); it never reaches the
+observation or the reward.
+
+``step`` also accepts an :class:`EpochPlan` instead of an action, so open-loop schedules and
+heuristics run through the very same loop as learned policies (the plan is applied as given;
+``last_action`` shows its encoding when the codec can express it, else zeros).
+
+``info`` holds only deterministic values (no wall-clock times), so the same seed and actions give
+identical infos, as Gymnasium's checker requires.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.actions import ActionCodec, make_codec
+from envs.config import EnvConfig
+from envs.observation import build_observation, observation_names, observation_space
+from envs.reward import step_reward
+from kd_backend.errors import ConfigError
+from kd_backend.pipeline import build_distiller
+from kd_backend.plan import EpochPlan, EvalStats
+
+logger = logging.getLogger(__name__)
+
+
+def _public(stats_dict: dict[str, Any]) -> dict[str, Any]:
+    """A stats dict without wall-clock fields (they differ between identical runs)."""
+    stats_dict.pop("wall_time", None)
+    return stats_dict
+
+
+class DistillationEnv(gym.Env[np.ndarray, Any]):
+    """A KD run as a Gymnasium environment.
+
+    :param config: episode, action and reward settings plus the backend (default: ``EnvConfig()``).
+    :param distiller: a prebuilt :class:`Distiller` to use instead of building one from
+        ``config.backend`` (to share the heavy state, or in tests); its task and teachers win.
+    :param render_mode: None or ``ansi`` (a one-line summary of the last step).
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, config: EnvConfig | None = None, distiller: Any = None, render_mode: str | None = None) -> None:
+        self.config = config if config is not None else EnvConfig()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode={render_mode!r} is not one of {self.metadata['render_modes']} or None")
+        self.render_mode = render_mode
+        self.distiller = distiller if distiller is not None else build_distiller(self.config.backend)
+        self.epochs = self.config.horizon or self.distiller.config.epochs
+        self.decisions_per_epoch = self.config.decisions_per_epoch
+        self.steps_per_episode = self.epochs * self.decisions_per_epoch
+        self.teacher_names: tuple[str, ...] = tuple(self.distiller.teacher_names)
+        self.codec: ActionCodec = make_codec(self.config, self.distiller.num_teachers, self.distiller.spec.is_regression)
+        self.action_space = self.codec.space
+        self.observation_space = observation_space(self.distiller.num_teachers, self.codec.dim)
+        self.observation_names = observation_names(self.distiller.num_teachers, self.codec.dim, self.codec.labels)
+        self._t: int | None = None  # decisions taken; None before the first reset
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start a KD run with a fresh student seeded by ``seed`` (or one drawn from ``np_random``)."""
+        super().reset(seed=seed)
+        self.episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self.distiller.reset(self.episode_seed)
+        self._ctrl = self.distiller.evaluate("ctrl")
+        self._t = 0
+        self._initial_score = self._best = self._ctrl.score
+        self._change = 0.0
+        self._train_loss = 0.0
+        self._compute = 0.0
+        self._last_action = np.zeros(self.codec.dim, dtype=np.float32)
+        self._step_info: dict[str, Any] = {}
+        return self._get_obs(), self._get_info()
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Train one epoch (or chunk) with the plan of ``action`` (or with an :class:`EpochPlan`)."""
+        if self._t is None or self._t >= self.steps_per_episode:
+            raise gym.error.ResetNeeded("call reset() before step(), and again after the episode terminated")
+        if isinstance(action, EpochPlan):
+            plan = action
+            try:
+                self._last_action = self.codec.normalise(self.codec.encode(plan))
+            except ConfigError:
+                self._last_action = np.zeros(self.codec.dim, dtype=np.float32)
+        else:
+            plan = self.codec.decode(action)
+            self._last_action = self.codec.normalise(action)
+        epoch, part = divmod(self._t, self.decisions_per_epoch)
+        stats = self.distiller.train_epoch(plan, part=part, parts=self.decisions_per_epoch)
+        prev = self._ctrl.score
+        self._ctrl = self.distiller.evaluate("ctrl")
+        step_compute = (stats.student_flops + stats.teacher_flops) / self.distiller.full_epoch_flops
+        self._compute += step_compute
+        self._t += 1
+        terminated = self._t >= self.steps_per_episode
+        reward = step_reward(
+            self.config.reward, score=self._ctrl.score, prev_score=prev, step_compute=step_compute,
+            episode_compute=self._compute, cost_weight=self.config.cost_weight, last=terminated,
+        )
+        self._change = self._ctrl.score - prev
+        self._best = max(self._best, self._ctrl.score)
+        self._train_loss = float(stats.losses.get("ce", 0.0))
+        self._step_info = {
+            "epoch": epoch, "part": part, "plan": plan.to_dict(), "stats": _public(stats.to_dict()),
+            "step_compute": step_compute, "reward": float(reward),
+            "teacher_weights": dict(zip(self.teacher_names, stats.teacher_weights)),
+        }
+        obs = self._get_obs()  # before any dev evaluation: dev never reaches the observation
+        if terminated:
+            self._step_info["final_ctrl_score"] = self._ctrl.score
+            if self.config.report_dev:
+                dev = self.distiller.evaluate("dev")
+                self._step_info["dev"] = _public(dev.to_dict())
+                self._step_info["dev_score"] = dev.score
+        return obs, float(reward), terminated, False, self._get_info()
+
+    def render(self) -> str | None:
+        """With ``render_mode='ansi'``: one line with the step, the last plan and the ctrl score."""
+        if self.render_mode != "ansi" or self._t is None:
+            return None
+        plan = self._step_info.get("plan", {})
+        short = {k: plan[k] for k in ("teacher_mode", "teacher_weights", "fraction", "objective", "kd_weight", "hidden_weight") if k in plan}
+        return (
+            f"step {self._t}/{self.steps_per_episode} ctrl={self._ctrl.score:.4f} best={self._best:.4f} "
+            f"compute={self._compute:.2f} plan={short}"
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _get_obs(self) -> np.ndarray:
+        assert self._t is not None
+        return build_observation(
+            self.observation_space,
+            progress=self._t / self.steps_per_episode,
+            ctrl=self._ctrl,
+            best_score=self._best,
+            last_change=self._change,
+            train_loss=self._train_loss,
+            compute_used=self._compute / self.epochs,
+            last_action=self._last_action,
+        )
+
+    def _get_info(self) -> dict[str, Any]:
+        assert self._t is not None
+        return {
+            "step": self._t,
+            "seed": self.episode_seed,
+            "ctrl": _public(self._ctrl.to_dict()),
+            "compute_total": self._compute,
+            "teacher_names": list(self.teacher_names),
+            **{k: (dict(v) if isinstance(v, dict) else v) for k, v in self._step_info.items()},
+        }
+
+    @property
+    def ctrl(self) -> EvalStats:
+        """The latest ctrl evaluation."""
+        return self._ctrl

@@ -1,0 +1,180 @@
+"""SB3 learners, baselines and the logging callback on the tiny environment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agents import (
+    EpisodeLogger, PaperHeuristic, RandomController, ScheduleController, StaticController, evaluate_controller,
+    load_agent, make_agent, read_episodes, truncate_episodes,
+)
+from envs import DistillationEnv, tiny_config
+from kd_backend.errors import ConfigError
+from kd_backend.pipeline import build_distiller
+from kd_backend.plan import EpochPlan
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"  # shared with test_env: teachers train once
+    path.mkdir(exist_ok=True)
+    return tiny_config(cache_dir=str(path))
+
+
+@pytest.fixture(scope="module")
+def distiller(config):
+    return build_distiller(config.backend)
+
+
+def make_env(config, distiller, kind="discrete", **changes):
+    return DistillationEnv(config.replace(action_space=kind, **changes), distiller=distiller)
+
+
+@pytest.mark.parametrize("algo, kind", [("ppo", "discrete"), ("a2c", "multidiscrete"), ("dqn", "discrete"), ("sac", "box")])
+def test_each_algorithm_learns_a_few_steps(config, distiller, algo, kind, tmp_path):
+    env = make_env(config, distiller, kind)
+    length = env.steps_per_episode
+    small = {"ppo": {"n_steps": length, "n_epochs": 2}, "a2c": {}, "dqn": {}, "sac": {}}[algo]
+    agent = make_agent(algo, env, tensorboard_log=tmp_path / "tb", seed=0, **small)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.learn(total_timesteps=3 * length)
+    assert agent.num_timesteps >= 3 * length
+    after = list(agent.policy.parameters())
+    assert any(not np.array_equal(a.detach().numpy(), b.numpy()) for a, b in zip(after, before)), "no update happened"
+    action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(np.asarray(action, dtype=env.action_space.dtype))
+    assert list((tmp_path / "tb").iterdir()), "SB3 wrote no TensorBoard events"
+
+
+def test_defaults_suit_short_expensive_episodes(config, distiller):
+    env = make_env(config, distiller)
+    ppo = make_agent("PPO", env)
+    assert ppo.n_steps == 4 * env.steps_per_episode and ppo.gamma == 1.0 and ppo.batch_size <= ppo.n_steps
+    dqn = make_agent("dqn", env)
+    assert dqn.learning_starts == 2 * env.steps_per_episode and 0.99 <= dqn.gamma <= 1.0
+    assert make_agent("ppo", env, gamma=0.5).gamma == 0.5  # overrides win
+
+
+def test_algorithm_and_space_mismatch_is_named(config, distiller):
+    box, discrete = make_env(config, distiller, "box"), make_env(config, distiller)
+    with pytest.raises(ConfigError, match=r"'dqn'.*box.*\['ppo', 'a2c', 'sac'\]"):
+        make_agent("dqn", box)
+    with pytest.raises(ConfigError, match=r"'sac'.*discrete"):
+        make_agent("sac", discrete)
+    with pytest.raises(ConfigError, match="'td9'"):
+        make_agent("td9", discrete)
+
+
+def test_load_agent_checks_spaces(config, distiller, tmp_path):
+    env = make_env(config, distiller)
+    agent = make_agent("ppo", env)
+    agent.save(tmp_path / "policy.zip")
+    loaded = load_agent(tmp_path / "policy.zip", env)
+    obs = env.reset(seed=0)[0]
+    assert loaded.predict(obs, deterministic=True)[0] == agent.predict(obs, deterministic=True)[0]
+    other = make_env(config, distiller, "multidiscrete")
+    with pytest.raises(ConfigError, match=r"action space Discrete\(13\).*MultiDiscrete"):
+        load_agent(tmp_path / "policy.zip", other)
+    shorter_menu = make_env(config, distiller, menu=("kd-t0", "kd-t1"))
+    with pytest.raises(ConfigError, match="observation space"):
+        load_agent(tmp_path / "policy.zip", shorter_menu)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_agent(tmp_path / "missing.zip", env)
+
+
+def test_baselines_and_policies_share_one_evaluation(config, distiller):
+    env = make_env(config, distiller)
+    length = env.steps_per_episode
+    controllers = [
+        StaticController.plain_kd(teacher=1, num_teachers=env.distiller.num_teachers),
+        *(PaperHeuristic(m) for m in ("adoption", "selection", "objective", "combined")),
+        RandomController(env.action_space, seed=0),
+        ScheduleController([EpochPlan(fraction=0.3)] * length),
+        make_agent("ppo", env),
+    ]
+    table = {}
+    for controller in controllers:
+        records = evaluate_controller(env, controller, seeds=[0])
+        (record,) = records
+        assert len(record.steps) == length and record.final_dev_score is not None
+        assert record.total_compute > 0 and record.episode_return == pytest.approx(sum(s.reward for s in record.steps))
+        table[getattr(controller, "name", "ppo")] = record
+    assert table["kd-t1"].steps[0].plan["teacher_weights"] == [0.0, 1.0]
+    assert table["paper-selection"].steps[0].plan["selection"] == "margin"
+    assert table["paper-combined"].steps[0].plan["teacher_mode"] == "hard"
+    assert table["schedule"].total_compute < table["kd-t1"].total_compute
+
+
+def test_replaying_a_recorded_schedule_reproduces_the_run(config, distiller, tmp_path):
+    env = make_env(config, distiller)
+    (random_run,) = evaluate_controller(env, RandomController(env.action_space, seed=3), seeds=[5])
+    ScheduleController(random_run.schedule).save(tmp_path / "schedule.json", source="random")
+    replay = ScheduleController.load(tmp_path / "schedule.json")
+    (replayed,) = evaluate_controller(env, replay, seeds=[5])
+    assert replayed.schedule == random_run.schedule
+    assert replayed.final_ctrl_score == random_run.final_ctrl_score
+    assert replayed.final_dev_score == random_run.final_dev_score
+
+
+def test_malformed_schedules_are_rejected(config, distiller, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="non-empty"):
+        ScheduleController([])
+    with pytest.raises(ConfigError, match="step 1.*fraction"):
+        ScheduleController([{"fraction": 0.5}, {"fraction": 2.0}])
+    with pytest.raises(ConfigError, match="step 0.*'teachers'"):
+        ScheduleController([{"teachers": 1}])
+    with pytest.raises(ConfigError, match="step 0 is a int"):
+        ScheduleController([3])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        ScheduleController.load(tmp_path / "bad.json")
+    (tmp_path / "nokey.json").write_text(json.dumps({"schedule": []}))
+    with pytest.raises(ConfigError, match="no 'plans' key"):
+        ScheduleController.load(tmp_path / "nokey.json")
+    env = make_env(config, distiller)
+    calls = []
+    monkeypatch.setattr(env.distiller, "train_epoch", lambda *a, **k: calls.append(a))
+    with pytest.raises(ConfigError, match="2 plans but an episode has 3"):
+        evaluate_controller(env, ScheduleController([EpochPlan()] * 2), seeds=[0])
+    assert not calls, "the length check must come before any training"
+
+
+def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = make_env(config, distiller)
+    length = env.steps_per_episode
+    agent = make_agent("ppo", env, n_steps=length, n_epochs=1)
+    logger = EpisodeLogger(tmp_path / "run", checkpoint_every=1)
+    agent.learn(total_timesteps=2 * length, callback=logger)
+
+    lines = read_episodes(tmp_path / "run" / "episodes.jsonl")
+    assert len(lines) == 2 * length
+    assert [(x["episode"], x["step"]) for x in lines] == [(e, s) for e in range(2) for s in range(1, length + 1)]
+    last = lines[-1]
+    assert last["done"] and last["dev_score"] is not None and "final_ctrl_score" in last
+    assert EpochPlan.from_dict(last["plan"]) and last["stats"]["steps"] > 0
+
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "dynakd"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("step/reward", "plan/fraction", "plan/kd_weight", "plan/hidden_weight",
+                *(f"plan/teacher_weight/{n}" for n in env.teacher_names),
+                "episode/final_ctrl_score", "episode/final_dev_score", "episode/compute"):
+        assert tag in tags, tag
+    assert len(acc.Scalars("step/reward")) == 2 * length
+    devs = [e.value for e in acc.Scalars("episode/final_dev_score")]
+    assert devs == pytest.approx([x["dev_score"] for x in lines if x["done"]])
+
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert latest["episodes"] == 2 and (tmp_path / "run" / "checkpoints" / latest["model"]).exists()
+    assert load_agent(tmp_path / "run" / "checkpoints" / latest["model"], env).num_timesteps == 2 * length
+
+    # resume: drop the episode a checkpoint after episode 1 would not cover, then continue numbering
+    assert truncate_episodes(tmp_path / "run" / "episodes.jsonl", 1) == length
+    agent.learn(total_timesteps=length, callback=EpisodeLogger(tmp_path / "run", start_episode=1), reset_num_timesteps=False)
+    episodes = [x["episode"] for x in read_episodes(tmp_path / "run" / "episodes.jsonl")]
+    assert episodes == [0] * length + [1] * length
