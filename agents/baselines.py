@@ -233,7 +233,9 @@ def evaluate_controller(
         record = EpisodeRecord(controller=label, seed=int(seed))
         state, start, done = None, True, False
         while not done:
-            action, state = controller.predict(obs, state=state, episode_start=np.array([start]), deterministic=deterministic)
+            action, state = controller.predict(
+                obs, state=state, episode_start=np.array([start]), deterministic=deterministic
+            )
             start = False
             obs, reward, terminated, truncated, info = env.step(action)
             done = terminated or truncated

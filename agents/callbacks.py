@@ -7,7 +7,7 @@ the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/dynakd``:
 
 * per step (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``,
   ``plan/fraction``, ``plan/ce_weight``, ``plan/kd_weight``, ``plan/hidden_weight``,
-  ``plan/teacher_weight/<teacher>`` (weights each teacher actually received),
+  ``plan/teacher_weight/t<k>_<teacher>`` (the weight teacher k actually received),
   ``plan/kd_instance_weight``, ``plan/hidden_instance_weight``;
 * per episode (x = episode): ``episode/final_ctrl_score``, ``episode/final_dev_score``,
   ``episode/compute``, ``episode/return``.
@@ -59,12 +59,14 @@ class EpisodeLogger(BaseCallback):
         self.run_dir = Path(run_dir)
         self.checkpoint_every = checkpoint_every
         self.tensorboard = tensorboard
-        self.episodes = start_episode
+        self.episodes = start_episode  # finished episodes
+        self._next_episode = start_episode  # number of the next episode to start
         self.save_replay = save_replay_buffer
         self._file: TextIO | None = None
         self._writer: Any = None
         self._current: dict[int, int] = {}  # env index -> episode number in progress
         self._returns: dict[int, float] = {}
+        self._checkpointed = start_episode
 
     @property
     def episodes_path(self) -> Path:
@@ -77,16 +79,18 @@ class EpisodeLogger(BaseCallback):
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard" / "dynakd"))
-        self._current.clear()
+        self._current.clear()  # a new learn() call starts numbering after the finished episodes
         self._returns.clear()
+        self._next_episode = self.episodes
 
     def _on_step(self) -> bool:
         infos, rewards, dones = self.locals["infos"], self.locals["rewards"], self.locals["dones"]
+        finished = False
         for i, info in enumerate(infos):
             if "plan" not in info:
                 continue
             if i not in self._current:
-                self._current[i] = self.episodes + len(self._current)
+                self._current[i], self._next_episode = self._next_episode, self._next_episode + 1
                 self._returns[i] = 0.0
             episode = self._current[i]
             reward = float(rewards[i])
@@ -105,6 +109,10 @@ class EpisodeLogger(BaseCallback):
             self._write_scalars(line)
             if done:
                 self._finish_episode(i, line)
+                finished = True
+        due = self.checkpoint_every and self.episodes - self._checkpointed >= self.checkpoint_every
+        if finished and due and not self._current:  # only between episodes of every env
+            self.save_checkpoint()
         return True
 
     def _write_line(self, line: dict[str, Any]) -> None:
@@ -117,7 +125,8 @@ class EpisodeLogger(BaseCallback):
             return
         t, plan, stats = line["timestep"], line["plan"], line["stats"]
         scalars = {
-            "step/reward": line["reward"], "step/ctrl_score": line["ctrl"]["score"], "step/compute": line["step_compute"],
+            "step/reward": line["reward"], "step/ctrl_score": line["ctrl"]["score"],
+            "step/compute": line["step_compute"],
             "plan/fraction": plan["fraction"], "plan/ce_weight": plan["ce_weight"], "plan/kd_weight": plan["kd_weight"],
             "plan/hidden_weight": plan["hidden_weight"], "plan/kd_instance_weight": stats["kd_instance_weight"],
             "plan/hidden_instance_weight": stats["hidden_instance_weight"],
@@ -128,7 +137,7 @@ class EpisodeLogger(BaseCallback):
 
     def _finish_episode(self, i: int, line: dict[str, Any]) -> None:
         episode = self._current.pop(i)
-        self.episodes = max(self.episodes, episode + 1)
+        self.episodes += 1
         if self._writer is not None:
             for tag, value in (
                 ("episode/final_ctrl_score", line["final_ctrl_score"]), ("episode/final_dev_score", line["dev_score"]),
@@ -137,8 +146,6 @@ class EpisodeLogger(BaseCallback):
                 if value is not None:
                     self._writer.add_scalar(tag, value, episode)
             self._writer.flush()
-        if self.checkpoint_every and self.episodes % self.checkpoint_every == 0 and not self._current:
-            self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
         """Save the learner now as ``checkpoints/episode-<N>.zip`` and point ``latest.json`` at it."""
@@ -154,6 +161,7 @@ class EpisodeLogger(BaseCallback):
             "episodes": self.episodes, "num_timesteps": self.num_timesteps, "model": model_path.name,
             "replay_buffer": buffer_path.name if buffer_path else None,
         })
+        self._checkpointed = self.episodes
         logger.info("checkpoint after %d episodes: %s", self.episodes, model_path)
         return model_path
 

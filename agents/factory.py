@@ -15,7 +15,6 @@ Policies are 64x64 MLPs on CPU. The algorithm's name is saved with the policy
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 
 from kd_backend.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
 SUPPORTED_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
@@ -140,13 +137,16 @@ def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None,
         raise ConfigError(f"policy file {path} does not exist")
     data, _, _ = load_from_zip_file(path, device=device)
     assert data is not None
-    for kind in ("observation", "action"):
-        saved, ours = data.get(f"{kind}_space"), getattr(env, f"{kind}_space")
-        if saved != ours:
-            raise ConfigError(
-                f"policy {path} was trained with {kind} space {saved} but the env has {ours}; "
-                "use the env config the policy was learned with (teachers, action_space, menu, bins)"
-            )
+    mismatches = [
+        f"{kind} space {data.get(f'{kind}_space')} but the env has {getattr(env, f'{kind}_space')}"
+        for kind in ("action", "observation")
+        if data.get(f"{kind}_space") != getattr(env, f"{kind}_space")
+    ]
+    if mismatches:
+        raise ConfigError(
+            f"policy {path} was trained with {'; and with '.join(mismatches)}; use the env config the policy "
+            "was learned with (teachers, action_space, menu, bins)"
+        )
     saved_algo = data.get("dynakd_algo")
     name = (algo or saved_algo or "").lower()
     if not name:

@@ -16,7 +16,6 @@ identical infos, as Gymnasium's checker requires.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import gymnasium as gym
@@ -29,8 +28,6 @@ from envs.reward import step_reward
 from kd_backend.errors import ConfigError
 from kd_backend.pipeline import build_distiller
 from kd_backend.plan import EpochPlan, EvalStats
-
-logger = logging.getLogger(__name__)
 
 
 def _public(stats_dict: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +45,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
     :param render_mode: None or ``ansi`` (a one-line summary of the last step).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, config: EnvConfig | None = None, distiller: Any = None, render_mode: str | None = None) -> None:
         self.config = config if config is not None else EnvConfig()
@@ -56,11 +53,14 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
             raise ConfigError(f"render_mode={render_mode!r} is not one of {self.metadata['render_modes']} or None")
         self.render_mode = render_mode
         self.distiller = distiller if distiller is not None else build_distiller(self.config.backend)
+        if self.distiller.num_teachers < 1:
+            raise ConfigError("DistillationEnv needs at least one teacher (BackendConfig.teachers is empty)")
         self.epochs = self.config.horizon or self.distiller.config.epochs
         self.decisions_per_epoch = self.config.decisions_per_epoch
         self.steps_per_episode = self.epochs * self.decisions_per_epoch
         self.teacher_names: tuple[str, ...] = tuple(self.distiller.teacher_names)
-        self.codec: ActionCodec = make_codec(self.config, self.distiller.num_teachers, self.distiller.spec.is_regression)
+        num_teachers, regression = self.distiller.num_teachers, self.distiller.spec.is_regression
+        self.codec: ActionCodec = make_codec(self.config, num_teachers, regression)
         self.action_space = self.codec.space
         self.observation_space = observation_space(self.distiller.num_teachers, self.codec.dim)
         self.observation_names = observation_names(self.distiller.num_teachers, self.codec.dim, self.codec.labels)
@@ -74,7 +74,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self.distiller.reset(self.episode_seed)
         self._ctrl = self.distiller.evaluate("ctrl")
         self._t = 0
-        self._initial_score = self._best = self._ctrl.score
+        self._best = self._ctrl.score
         self._change = 0.0
         self._train_loss = 0.0
         self._compute = 0.0
@@ -113,7 +113,9 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self._step_info = {
             "epoch": epoch, "part": part, "plan": plan.to_dict(), "stats": _public(stats.to_dict()),
             "step_compute": step_compute, "reward": float(reward),
-            "teacher_weights": dict(zip(self.teacher_names, stats.teacher_weights)),
+            "teacher_weights": {
+                f"t{k}_{name}": w for k, (name, w) in enumerate(zip(self.teacher_names, stats.teacher_weights))
+            },
         }
         obs = self._get_obs()  # before any dev evaluation: dev never reaches the observation
         if terminated:
@@ -129,7 +131,8 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         if self.render_mode != "ansi" or self._t is None:
             return None
         plan = self._step_info.get("plan", {})
-        short = {k: plan[k] for k in ("teacher_mode", "teacher_weights", "fraction", "objective", "kd_weight", "hidden_weight") if k in plan}
+        keys = ("teacher_mode", "teacher_weights", "fraction", "objective", "kd_weight", "hidden_weight")
+        short = {k: plan[k] for k in keys if k in plan}
         return (
             f"step {self._t}/{self.steps_per_episode} ctrl={self._ctrl.score:.4f} best={self._best:.4f} "
             f"compute={self._compute:.2f} plan={short}"

@@ -68,7 +68,9 @@ def _labels(action_dim: int, action_labels: Sequence[str] | None) -> Sequence[st
     return action_labels
 
 
-def observation_names(num_teachers: int, action_dim: int, action_labels: Sequence[str] | None = None) -> tuple[str, ...]:
+def observation_names(
+    num_teachers: int, action_dim: int, action_labels: Sequence[str] | None = None
+) -> tuple[str, ...]:
     """The name of each observation index (see the module docstring).
 
     :param num_teachers: K teachers, smallest first.

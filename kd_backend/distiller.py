@@ -273,6 +273,7 @@ class Distiller:
             [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.config.lr,
             fused=self.device.type == "cuda",
+            foreach=self.device.type != "cuda",  # CPU: one multi-tensor update instead of one per parameter
         )
         self.rng = np.random.default_rng(self.seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed + 2)
