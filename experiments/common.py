@@ -70,10 +70,7 @@ def parse_args(cls: type[T], description: str, argv: list[str] | None = None, re
             raise ConfigError("--config needs a YAML file path")
         default = load_config(cls, argv[i + 1], required)
         del argv[i : i + 2]
-    return tyro.cli(
-        cls, args=argv, default=default, description=description,
-        config=(tyro.conf.FlagConversionOff,),
-    )
+    return tyro.cli(cls, args=argv, default=default, description=description)
 
 
 def save_yaml(path: str | Path, data: Any) -> None:

@@ -75,6 +75,9 @@ class DistillerConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     bf16: bool = True
     """Use bf16 autocast on CUDA (ignored on CPU)."""
+    score_bf16: bool = True
+    """Run the no-grad uncertainty scoring pass of epoch-scope selection in bf16 autocast (on CUDA,
+    and on CPUs with native bf16 instructions): it only ranks instances, and bf16 halves its cost."""
     layer_map: tuple[tuple[int, int], ...] | None = None
     """Explicit (student layer, teacher layer) pairs for hidden alignment; None = PKD default."""
     seed: int = 0
@@ -141,6 +144,8 @@ class Distiller:
         self.config = config or DistillerConfig()
         self.device = resolve_device(self.config.device)
         self._autocast_dtype = torch.bfloat16 if (self.device.type == "cuda" and self.config.bf16) else None
+        cpu_bf16 = self.device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+        self._score_dtype = torch.bfloat16 if self.config.score_bf16 and (cpu_bf16 or self.device.type == "cuda") else self._autocast_dtype
         self.student_factory = student_factory
         self.student_tokenizer = student_tokenizer
         self.teachers = sorted(teachers, key=lambda t: model_size(t.model))
@@ -331,10 +336,11 @@ class Distiller:
                 "teacher_mode='fixed', objective='static' and selection='random' (or fraction=1)"
             )
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._autocast_dtype is None:
+    def _autocast(self, dtype: torch.dtype | None | str = "default") -> contextlib.AbstractContextManager:
+        dtype = self._autocast_dtype if dtype == "default" else dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def train_epoch(self, plan: EpochPlan, part: int = 0, parts: int = 1) -> EpochStats:
         """Train on one epoch (``parts == 1``) or on chunk ``part`` of ``parts`` of the current epoch.
@@ -390,7 +396,7 @@ class Distiller:
             finished=finished,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _score(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
         """Uncertainty of every pool instance (higher = more uncertain), one no-grad pass."""
         enc = self._student_enc["train"]
@@ -402,7 +408,7 @@ class Distiller:
         for b in length_grouped_batches(enc.lengths[pool], self.config.eval_batch_size, rng=None):
             idx = pool[b]
             batch = move_batch(enc.collate(idx, self._pad_to), self.device)
-            with self._autocast():
+            with self._autocast(self._score_dtype):
                 logits, _ = forward_logits_cls(self.student, batch)
             scores[b] = uncertainty_scores(logits.float(), rule).cpu().numpy()
             real, padded = enc.num_tokens(idx, self._pad_to)

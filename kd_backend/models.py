@@ -8,6 +8,7 @@ checkpoint directories.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -17,7 +18,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -212,9 +213,10 @@ def _load_checkpoint(
     config.num_labels = num_labels
     config.problem_type = problem_type
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, config=config, local_files_only=local_files_only, **{_DTYPE_KWARG: torch.float32}
-    )
+    with _no_hf_progress_bars():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, local_files_only=local_files_only, **{_DTYPE_KWARG: torch.float32}
+        )
     logger.info("loaded %s (%s, %d labels)", source, type(model).__name__, num_labels)
     return model, tokenizer
 
@@ -422,6 +424,20 @@ def init_student_from_teacher(
     return student
 
 
+@contextlib.contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """Silence transformers' per-call weight loading/saving bars (noise for small models), then restore."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` so that ``from_pretrained(out_dir)`` reloads them.
 
@@ -438,7 +454,8 @@ def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out
     tmp = out.with_name(f".{out.name}.tmp-{tag}")
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp)
+        with _no_hf_progress_bars():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{tag}")

@@ -46,3 +46,11 @@ def write_json(path: str | Path, data: Any) -> Path:
         return obj
 
     return atomic_write_json(path, convert(data))
+
+
+def set_threads(threads: int | None) -> None:
+    """Fix torch's intra-op threads (None keeps torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

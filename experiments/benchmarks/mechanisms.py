@@ -81,4 +81,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, config=(tyro.conf.FlagConversionOff,)))
+    main(tyro.cli(Args))
