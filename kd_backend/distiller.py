@@ -205,6 +205,7 @@ class Distiller:
         ]
         self._teacher_out: list[dict[str, TeacherOutputs]] = [{} for _ in self.teachers]
         self.cache_teacher_forwards = 0
+        self.cache_paths: dict[tuple[int, str], Path] = {}  # (teacher index, split) -> cache file
         for k in range(len(self.teachers)):
             for split in SPLITS:
                 if self.config.teacher_source == "cache" or split != "train":
@@ -230,7 +231,9 @@ class Distiller:
                 tokenizer_fingerprint(teacher.tokenizer), self.config.max_seq_length, layers,
             )
             meta = {"teacher": teacher.name, "split": split, "task": self.spec.name}
-            out, _ = load_or_build(Path(self.config.cache_dir) / "teachers", key, build, len(enc), meta)
+            folder = Path(self.config.cache_dir) / "teachers"
+            out, _ = load_or_build(folder, key, build, len(enc), meta)
+            self.cache_paths[(k, split)] = folder / f"{key}.safetensors"
         else:
             out = build()
         out = out.to(self.device)
