@@ -17,7 +17,7 @@ from typing import Annotated
 
 import tyro
 
-from _bench import print_table, write_json  # noqa: I001  (sibling module of the benchmarks)
+from _bench import print_table, set_threads, write_json  # noqa: I001
 from kd_backend.pipeline import BackendConfig, build_distiller, build_student, fine_tune, load_task_data
 from kd_backend.plan import EpochPlan
 
@@ -29,6 +29,8 @@ class Args:
     """Student seeds; each row reports the mean dev score over them."""
     out: str = "runs/bench/mechanisms"
     """Output folder."""
+    threads: int = 1
+    """torch intra-op threads (1 is fastest for tiny models on a 2-core machine)."""
     quick: bool = False
     """Smoke-test size (tiny synthetic data; for the test suite)."""
 
@@ -50,6 +52,7 @@ def plans(num_teachers: int) -> dict[str, EpochPlan]:
 
 
 def main(args: Args) -> list[dict]:
+    set_threads(args.threads)
     cfg = args.backend
     if args.quick:
         cfg = replace(cfg, task="synthetic", synthetic_train=300, synthetic_dev=100, teachers=("tiny-1x64",) * 1,
