@@ -10,13 +10,14 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from kd_backend.errors import ConfigError  # noqa: E402
+from kd_backend.errors import ConfigError, DynaKDError  # noqa: E402
 from kd_backend.io import atomic_write_text  # noqa: E402
 
 T = TypeVar("T")
@@ -82,3 +83,13 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "huggingface_hub", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cli(main: Callable[[T], Any], cls: type[T], description: str | None, required: tuple[str, ...] = ()) -> None:
+    """Entry point of a script: parse the config, run ``main``; a DynaKD error exits 2 with its message."""
+    setup_logging()
+    try:
+        main(parse_args(cls, description or "", required=required))
+    except DynaKDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from common import parse_args, save_yaml, setup_logging
+from common import cli, save_yaml
 
 import tyro
 from kd_backend.io import atomic_write_json
@@ -41,6 +41,7 @@ def main(args: DistillArgs) -> dict:
     save_yaml(out / "config.yaml", {"backend": config_dict(args.backend), "plan": args.plan.to_dict(), "out": args.out})
     distiller = build_distiller(args.backend)
     writer = SummaryWriter(str(out))
+    untrained = distiller.evaluate("dev").score  # the reference point for the report only
     epochs = []
     for epoch in range(args.backend.epochs):
         stats = distiller.train_epoch(args.plan)
@@ -61,6 +62,7 @@ def main(args: DistillArgs) -> dict:
         "epochs": epochs,
         "final_dev": final["metrics"],
         "final_dev_score": final["score"],
+        "untrained_dev_score": untrained,
     }
     atomic_write_json(out / "metrics.json", result)
     print(f"final dev {final['metrics']} -> {out / 'metrics.json'}")
@@ -68,5 +70,4 @@ def main(args: DistillArgs) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(parse_args(DistillArgs, __doc__))
+    cli(main, DistillArgs, __doc__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Annotated
 
-from common import parse_args, setup_logging
+from common import cli
 
 import tyro
 from kd_backend.errors import ConfigError
@@ -47,5 +47,4 @@ def main(args: TrainArgs) -> list:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(parse_args(TrainArgs, __doc__))
+    cli(main, TrainArgs, __doc__)
