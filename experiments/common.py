@@ -23,7 +23,7 @@ from kd_backend.io import atomic_write_text  # noqa: E402
 T = TypeVar("T")
 
 
-def _build(cls: type[T], data: dict[str, Any], where: str, base: Any = None) -> T:
+def overlay_config(cls: type[T], data: dict[str, Any], where: str, base: Any = None) -> T:
     """Overlay a dict on a config dataclass's defaults (nested dataclasses too), naming unknown keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
@@ -36,7 +36,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str, base: Any = None) -> 
     for name, value in data.items():
         current = getattr(base, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[name] = _build(type(current), value, f"{where}.{name}", current)
+            changes[name] = overlay_config(type(current), value, f"{where}.{name}", current)
         elif isinstance(value, list):
             changes[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         else:
@@ -56,7 +56,7 @@ def load_config(cls: type[T], path: str | Path, required: tuple[str, ...] = ()) 
     missing = [k for k in required if k not in data]
     if missing:
         raise ConfigError(f"config file {path} is missing required key(s) {missing}")
-    return _build(cls, data, str(path))
+    return overlay_config(cls, data, str(path))
 
 
 def parse_args(cls: type[T], description: str, argv: list[str] | None = None, required: tuple[str, ...] = ()) -> T:

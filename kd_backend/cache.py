@@ -32,6 +32,7 @@ from torch import nn
 from kd_backend.batching import EncodedSplit, length_grouped_batches
 from kd_backend.errors import CacheError
 from kd_backend.forward import forward_logits_cls, move_batch
+from kd_backend.io import default_file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def save_outputs(path: Path, outputs: TeacherOutputs, metadata: dict[str, str]) 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared workflow
 
 from kd_backend.io import atomic_write_json  # noqa: E402
 

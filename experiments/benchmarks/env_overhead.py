@@ -17,14 +17,14 @@ import tyro
 
 from _bench import print_table, set_threads, write_json  # noqa: I001
 from envs import DistillationEnv, EnvConfig
-from kd_backend.pipeline import BackendConfig
+from workflow import default_env
 from kd_backend.plan import EpochPlan
 
 
 @dataclass(frozen=True)
 class Args:
-    env: EnvConfig = EnvConfig(backend=BackendConfig(progress=False))
-    """The environment (default: the embedded synthetic default of learn_policy.py)."""
+    env: EnvConfig = replace(default_env(), backend=replace(default_env().backend, progress=False))
+    """The environment (default: the embedded default of learn_policy.py)."""
     episodes: int = 6
     """Episodes per side."""
     threads: int = 1

@@ -1,0 +1,68 @@
+"""Replay a learned policy (closed loop) or a recorded schedule (open loop) as one KD run, on any
+task, seed or student, and export the distilled student.
+
+    python experiments/replay_schedule.py --config runs/default/config.yaml --policy runs/default/policy.zip --seed 7
+    python experiments/replay_schedule.py --schedule runs/default/best_schedule.json --student tiny-2x128
+
+Writes ``OUT/``: ``schedule.json`` (the plans actually applied; ``--schedule`` replays it),
+``metrics.json`` (per-step stats, final ctrl and dev metrics), ``student/`` (``save_pretrained``;
+``AutoModelForSequenceClassification.from_pretrained`` loads it), ``config.yaml`` and TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import workflow
+from agents import ScheduleController
+from kd_backend.io import atomic_write_json
+from workflow import ReplayConfig
+
+
+def main(cfg: ReplayConfig) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    source = cfg.source  # exactly one of --policy / --schedule
+    workflow.configure_threads(cfg.threads, cfg.env.backend)
+    # A missing file, a malformed schedule or a policy that does not fit the env fails here, before any work.
+    spaces = workflow.expected_spaces(cfg.env)
+    if cfg.policy is not None:
+        controller = workflow.load_policy(cfg.policy, spaces)
+    else:
+        controller = workflow.load_schedule(cfg.schedule, cfg.env, spaces)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    workflow.save_config(out / workflow.CONFIG_FILE, cfg)
+
+    env = workflow.build_env(cfg.env, spaces)
+    seed = cfg.env.backend.seed
+    [record] = workflow.evaluate(env, {controller.name: controller}, [seed], cfg.env.backend.progress)
+    dev = env.distiller.evaluate("dev")  # the same student the episode ended with: report only
+
+    ScheduleController(record.schedule).save(
+        out / "schedule.json", source=source, mode="closed loop" if cfg.policy else "open loop", seed=seed,
+        task=env.distiller.spec.name, teachers=list(env.teacher_names),
+    )
+    env.distiller.export_student(out / "student")
+    writer = SummaryWriter(str(out))
+    workflow.log_episode_scalars(writer, record, env.teacher_names)
+    writer.close()
+    metrics = {
+        "source": source, "mode": "closed loop" if cfg.policy else "open loop", "seed": seed,
+        "task": env.distiller.spec.name, "teachers": list(env.teacher_names), "student": cfg.env.backend.student,
+        "steps": [s.__dict__ for s in record.steps],
+        "final_ctrl_score": record.final_ctrl_score, "final_ctrl": env.ctrl.to_dict(),
+        "final_dev_score": dev.score, "final_dev": dict(dev.metrics), "dev": dev.to_dict(),
+        "total_compute": record.total_compute, "episode_return": record.episode_return,
+        "wall_time": record.wall_time,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+
+    print(f"\nreplayed {source} ({metrics['mode']}) on {metrics['task']}, seed {seed}:")
+    print(workflow.describe_schedule(record, cfg.env, spaces))
+    print(f"final ctrl {100 * record.final_ctrl_score:.1f}  dev {dict(dev.metrics)}  "
+          f"compute {record.total_compute:.2f}")
+    print(f"wrote {out}/: schedule.json metrics.json student/ (and TensorBoard events)")
+    return metrics
+
+
+if __name__ == "__main__":
+    workflow.cli(main, ReplayConfig, __doc__)

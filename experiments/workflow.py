@@ -1,0 +1,894 @@
+"""The one pipeline behind ``learn_policy.py``, ``replay_schedule.py`` and ``compare.py``.
+
+The three scripts parse a config dataclass of this module (:class:`LearnConfig`,
+:class:`ReplayConfig`, :class:`CompareConfig`; every field is a flag, its docstring the help
+text) and then build everything here, so learning, replaying and comparing run the very same
+code:
+
+* :func:`expected_spaces` — the env's observation and action spaces from the config alone, so a
+  bad algorithm, policy or schedule is refused before teachers are trained or data is encoded;
+* :func:`build_env` — the one :class:`DistillationEnv` (and so the one distiller: data, teachers
+  and caches built once) of a process;
+* :func:`build_controllers` — baselines by name, learned policies (``.zip``) and schedules (``.json``);
+* :func:`evaluate` — every controller over the same seeds through :func:`agents.evaluate_controller`;
+* :func:`write_comparison` — ``comparison.csv``, ``comparison.png`` (dev score vs compute) and
+  ``evaluation.jsonl``; :func:`format_table` prints the table; :func:`save_best_schedule` extracts
+  a learned policy's schedule (its best evaluation episode *by ctrl score*; dev is never used to choose).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from common import _build as overlay_config  # common puts the repo root on sys.path for the imports below
+from common import save_yaml, setup_logging
+
+from agents import (
+    EpisodeLogger, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController,
+    compatible_algorithms, evaluate_controller, load_agent, make_agent, truncate_episodes,
+)
+from agents.callbacks import EPISODES_FILE
+from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
+from kd_backend.data import load_task
+from kd_backend.distiller import resolve_device
+from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
+from kd_backend.models import PRESETS
+from kd_backend.pipeline import BackendConfig, build_distiller
+from kd_backend.plan import EpochPlan
+from kd_backend.tasks import get_task_spec
+
+logger = logging.getLogger(__name__)
+
+Algo = Literal["ppo", "a2c", "dqn", "sac"]
+PAPER_HEURISTICS = ("paper-adoption", "paper-selection", "paper-objective", "paper-combined")
+DEFAULT_BASELINES = ("kd-t0", "kd-t1", "kd-mean", "paper-adoption", "paper-combined", "random")
+DEFAULT_EVAL_SEEDS = (10_000, 10_001, 10_002)
+CONFIG_FILE = "config.yaml"
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def default_env() -> EnvConfig:
+    """The embedded default: the built-in synthetic task, two tiny teachers (trained and cached on
+    first use), a tiny student, 3 epochs per episode, one decision per epoch.
+
+    Sized for a 2-core CPU: teachers train in ~1.5 minutes once, an episode takes ~2-3 seconds.
+    The reward charges 1 point per plain full-data epoch of compute, so a good schedule both learns
+    (the ctrl score, in points) and saves compute. ``experiments/configs/default.yaml`` is the same.
+    """
+    backend = BackendConfig(
+        task="synthetic", synthetic_train=4000, synthetic_dev=1000, ctrl_fraction=0.15,
+        teachers=("tiny-2x128", "tiny-4x256"), teacher_epochs=3, teacher_lr=5e-4,
+        student="tiny-1x64", epochs=3, batch_size=32, lr=1e-3, max_seq_length=64,
+    )
+    return EnvConfig(backend=backend, action_space="discrete", reward="dense", cost_weight=1.0)
+
+
+def _positive(owner: str, name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{owner}.{name}={value!r} must be an integer >= {minimum}{' or None' if allow_none else ''}")
+
+
+def _seeds(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    seeds = (value,) if isinstance(value, int) else tuple(value)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ConfigError(f"{owner}.{name}={value!r} must be one or more integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{owner}.{name}={value!r} repeats a seed; each seed is one episode")
+    return seeds
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """Learn a KD schedule with an SB3 agent, then compare it with baselines on fresh seeds.
+
+    Training episode i uses student seed ``seed + i`` (``--seed``, default 0); evaluation uses
+    ``eval_seeds``, which must not overlap them.
+    """
+
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
+    """The KD run as an environment (task, models, optimisation, actions, reward)."""
+    name: str = "default"
+    """Run name: outputs go to ``<runs_dir>/<name>/``."""
+    runs_dir: str = "runs"
+    """Folder holding the runs."""
+    algo: Algo = "ppo"
+    """Learner: ``ppo`` or ``a2c`` (any action space), ``dqn`` (discrete), ``sac`` (box)."""
+    total_episodes: int = 64
+    """Episodes (KD runs) to learn from."""
+    rollout_episodes: int | None = 2
+    """PPO/A2C: whole episodes per policy update; DQN/SAC: episodes of exploration before the first
+    update. None = the defaults of ``agents.factory`` (PPO 4, A2C 1, DQN/SAC 2)."""
+    learning_rate: float | None = 1e-3
+    """The learner's learning rate; None = the default of ``agents.factory`` (3e-4 for PPO). Few,
+    expensive episodes favour a larger one."""
+    agent_seed: int = 0
+    """Seed of the learner (network initialisation, exploration)."""
+    eval_seeds: tuple[int, ...] = DEFAULT_EVAL_SEEDS
+    """Student seeds of the evaluation episodes (one episode per seed and controller); fresh seeds,
+    disjoint from the training seeds."""
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    """Controllers to compare the learned policy with: a plan name of the discrete menu (``kd-t0``
+    = smallest teacher alone, ``kd-t1``, ``kd-mean``, ``ce-only``, ``frac-0.3``, ``pkd``, ...; see
+    ``envs.actions.named_plans``) applied every step, ``paper-adoption`` / ``paper-selection`` /
+    ``paper-objective`` / ``paper-combined`` (Li et al.'s heuristics), ``random``, a policy ``.zip``
+    or a schedule ``.json``."""
+    checkpoint_every: int = 4
+    """Save a checkpoint every this many finished episodes (what ``--resume`` continues from)."""
+    resume: str | None = None
+    """A run folder to continue from its last checkpoint; its ``config.yaml`` is the base config
+    (flags still override it, e.g. a larger ``--total-episodes``)."""
+    overwrite: bool = False
+    """Delete an existing run of the same name instead of refusing to start."""
+    threads: int | None = None
+    """torch CPU threads; None = 1 for a tiny preset student on CPU (several times faster on
+    small machines, where OpenMP threads spin-wait), else torch's default."""
+
+    def __post_init__(self) -> None:
+        owner = "LearnConfig"
+        if self.algo not in ("ppo", "a2c", "dqn", "sac"):
+            raise ConfigError(f"{owner}.algo={self.algo!r} is not one of ['ppo', 'a2c', 'dqn', 'sac']")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"{owner}.name={self.name!r} must be a plain folder name (no '/')")
+        _positive(owner, "total_episodes", self.total_episodes)
+        _positive(owner, "rollout_episodes", self.rollout_episodes, allow_none=True)
+        _positive(owner, "checkpoint_every", self.checkpoint_every, minimum=0)
+        _positive(owner, "threads", self.threads, allow_none=True)
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be a finite number > 0 or None")
+        object.__setattr__(self, "eval_seeds", _seeds(owner, "eval_seeds", self.eval_seeds))
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        first = self.env.backend.seed
+        overlap = sorted(s for s in self.eval_seeds if first <= s < first + self.total_episodes)
+        if overlap:
+            raise ConfigError(
+                f"{owner}.eval_seeds {overlap} are also training seeds (training episode i uses seed "
+                f"{first} + i, i < {self.total_episodes}); evaluate on fresh seeds, e.g. {list(DEFAULT_EVAL_SEEDS)}"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's outputs go."""
+        return Path(self.resume) if self.resume else Path(self.runs_dir) / self.name
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay a learned policy (closed loop) or a recorded schedule (open loop) as one KD run.
+
+    ``--seed`` is the student's seed; any backend flag (``--task``, ``--student``, ...) changes
+    the run, as long as the spaces still fit the policy.
+    """
+
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
+    """The KD run as an environment; a learned policy needs the env config it was learned with
+    (pass its run's ``--config runs/<name>/config.yaml``)."""
+    policy: str | None = None
+    """A learned policy (``runs/<name>/policy.zip``) to run closed loop."""
+    schedule: str | None = None
+    """A schedule JSON (``runs/<name>/best_schedule.json``, or a replay's ``schedule.json``) to run open loop."""
+    out: str | None = None
+    """Output folder; None = ``replay-<policy or schedule name>-seed<seed>`` next to the policy or schedule."""
+    threads: int | None = None
+    """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
+
+    def __post_init__(self) -> None:
+        _positive("ReplayConfig", "threads", self.threads, allow_none=True)
+
+    @property
+    def source(self) -> str:
+        """The policy or schedule being replayed (a :class:`ConfigError` unless exactly one is given)."""
+        if (self.policy is None) == (self.schedule is None):
+            raise ConfigError(
+                "give exactly one of --policy runs/<name>/policy.zip (closed loop) or "
+                "--schedule runs/<name>/best_schedule.json (open loop)"
+            )
+        return self.policy if self.policy is not None else str(self.schedule)
+
+    @property
+    def out_dir(self) -> Path:
+        """Where the replay's outputs go."""
+        if self.out is not None:
+            return Path(self.out)
+        source = Path(self.source)
+        return source.parent / f"replay-{source.stem}-seed{self.env.backend.seed}"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Run controllers (baselines, learned policies, schedules) over the same seeds; table and plot."""
+
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
+    """The KD run as an environment (policies must have been learned with matching spaces)."""
+    controllers: tuple[str, ...] = DEFAULT_BASELINES
+    """Controllers: baseline names (as ``--baselines`` of learn_policy.py), policy ``.zip`` files
+    and schedule ``.json`` files."""
+    seeds: tuple[int, ...] = DEFAULT_EVAL_SEEDS
+    """Student seeds: one episode per seed and controller."""
+    out: str = "runs/compare"
+    """Output folder (comparison.csv, comparison.png, evaluation.jsonl, config.yaml)."""
+    threads: int | None = None
+    """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", _seeds("CompareConfig", "seeds", self.seeds))
+        object.__setattr__(self, "controllers", tuple(self.controllers))
+        if not self.controllers:
+            raise ConfigError("CompareConfig.controllers is empty; name at least one controller")
+        _positive("CompareConfig", "threads", self.threads, allow_none=True)
+
+
+REQUIRED_KEYS: dict[type, tuple[str, ...]] = {
+    LearnConfig: ("name", "env", "algo", "total_episodes"),
+    ReplayConfig: ("env",),
+    CompareConfig: ("env",),
+}
+"""Top-level keys a ``--config`` file must contain, per script."""
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def load_config_file(cls: type[T], path: str | Path) -> T:
+    """Read a YAML config file into ``cls``, checking required and unknown keys.
+
+    A learn config (a shipped one, or a run's ``config.yaml``) also works for replay and compare:
+    the keys only learning uses (``algo``, ``total_episodes``, ...) are ignored there, so one file
+    describes a setting for all three scripts.
+
+    :raises ConfigError: a missing file, invalid YAML, a missing required key or an unknown key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; see experiments/configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys, not {type(data).__name__}")
+    missing = [k for k in REQUIRED_KEYS[cls] if k not in data]
+    if missing:
+        raise ConfigError(
+            f"config file {path} is missing required key(s) {missing} (required: {list(REQUIRED_KEYS[cls])}); "
+            "see experiments/configs/default.yaml"
+        )
+    if cls is not LearnConfig:
+        learn_only = (_field_names(LearnConfig) - _field_names(cls)) & set(data)
+        data = {k: v for k, v in data.items() if k not in learn_only}
+    return overlay_config(cls, data, str(path))
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` / ``--flag=VALUE`` in ``argv`` (tyro accepts - or _), or None."""
+    names = {flag, flag.replace("-", "_")}
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if key in names:
+            if eq:
+                return value
+            if i + 1 < len(argv):
+                return argv[i + 1]
+            raise ConfigError(f"{flag} needs a value")
+    return None
+
+
+def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | None = None) -> T:
+    """Flags (and an optional ``--config FILE.yaml``) → a ``cls`` config; flags override the file.
+
+    For :class:`LearnConfig`, ``--resume RUN_DIR`` makes ``RUN_DIR/config.yaml`` the base config.
+    Like ``common.parse_args``, with the learn-config sharing of :func:`load_config_file`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _flag_value(argv, "--config")
+    if path is not None:
+        i = next(i for i, a in enumerate(argv) if a.partition("=")[0] == "--config")
+        del argv[i : i + (1 if "=" in argv[i] else 2)]
+    if cls is LearnConfig:
+        resume = _flag_value(argv, "--resume")
+        if resume is not None:
+            if path is not None:
+                raise ConfigError("--resume RUN_DIR reads RUN_DIR/config.yaml; do not pass --config with it")
+            if not (Path(resume) / CONFIG_FILE).is_file():
+                raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; is it a run folder of learn_policy.py?")
+            path = str(Path(resume) / CONFIG_FILE)
+    default = load_config_file(cls, path) if path is not None else cls()
+    return tyro.cli(cls, args=argv, default=default, description=description, config=(tyro.conf.FlagConversionOff,))
+
+
+def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None:
+    """Run a workflow script: logging, flags → config, ``main(config)``.
+
+    A DynaKD error (bad input, a model that does not fit, ...) ends the script with its message
+    and exit status 1 instead of a traceback.
+    """
+    setup_logging()
+    quiet_libraries()
+    try:
+        main(parse_config(cls, description))
+    except DynaKDError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def config_to_dict(config: Any) -> Any:
+    """A YAML/JSON-ready form of a (nested) config dataclass: tuples become lists."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [config_to_dict(v) for v in config]
+    return config
+
+
+def save_config(path: str | Path, config: Any) -> None:
+    """Write the resolved config (``--config`` of any script reads it back)."""
+    save_yaml(path, config_to_dict(config))
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def configure_threads(threads: int | None, backend: BackendConfig) -> int:
+    """Apply the ``threads`` setting (see :class:`LearnConfig`); returns torch's thread count."""
+    if threads is None:
+        device = resolve_device(backend.device)
+        tiny = backend.student_init == "fresh" and backend.student in PRESETS and backend.student.startswith("tiny-")
+        if device.type == "cpu" and tiny:
+            threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def quiet_libraries() -> None:
+    """Hide the per-file progress bars of transformers (model loading and saving) in script output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@dataclass(frozen=True)
+class Spaces:
+    """The spaces a :class:`DistillationEnv` of a config will have, known before it is built."""
+
+    observation: gym.spaces.Box
+    action: gym.spaces.Space
+    num_teachers: int
+    regression: bool
+
+
+def expected_spaces(config: EnvConfig) -> Spaces:
+    """The env's spaces from the config alone: no teacher is trained, no data encoded.
+
+    :raises ConfigError: an unknown task, an empty teacher list or a bad menu.
+    """
+    backend = config.backend
+    if not backend.teachers:
+        raise ConfigError("the environment needs at least one teacher (--teachers is empty)")
+    try:
+        regression = get_task_spec(backend.task).is_regression
+    except UnknownTaskError:  # a custom data file: its spec comes from reading it (cheap)
+        regression = load_task(backend.task, backend.data_dir).spec.is_regression
+    num_teachers = len(backend.teachers)
+    codec = make_codec(config, num_teachers, regression)
+    return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression)
+
+
+def check_algorithm(algo: str, spaces: Spaces) -> None:
+    """Refuse an algorithm that cannot act in the action space, before any work."""
+    fits = compatible_algorithms(spaces.action)
+    if algo not in fits:
+        kind = type(spaces.action).__name__
+        raise ConfigError(
+            f"algorithm {algo!r} cannot act in the {kind} action space {spaces.action}; use --algo one of "
+            f"{list(fits)}, or another --action-space (dqn: discrete; sac: box; ppo, a2c: any)"
+        )
+
+
+def build_env(config: EnvConfig, spaces: Spaces | None = None) -> DistillationEnv:
+    """The process's one environment: the distiller (data, teachers, caches) is built here, once.
+
+    Teachers train on first use with the backend's progress bars; episodes then run without
+    per-epoch bars (the workflows show one bar per episode instead).
+    """
+    distiller = build_distiller(config.backend)
+    distiller.config = dataclasses.replace(distiller.config, progress=False)
+    env = DistillationEnv(config, distiller=distiller)
+    if spaces is not None and (env.observation_space != spaces.observation or env.action_space != spaces.action):
+        raise ConfigError(
+            f"the built env has spaces {env.observation_space}, {env.action_space} but the config predicted "
+            f"{spaces.observation}, {spaces.action}; this is a bug in workflow.expected_spaces"
+        )
+    return env
+
+
+class SeededEpisodes(gym.Wrapper):
+    """Training episodes with known seeds: episode i uses student seed ``first_seed + i``.
+
+    SB3 reseeds or auto-resets the env on its own; this wrapper ignores the seed it is given so
+    that the training seeds are reproducible, resumable and disjoint from the evaluation seeds.
+
+    :param env: the :class:`DistillationEnv`.
+    :param first_seed: seed of the next episode.
+    """
+
+    def __init__(self, env: gym.Env, first_seed: int) -> None:
+        super().__init__(env)
+        self.next_seed = first_seed
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        seed, self.next_seed = self.next_seed, self.next_seed + 1
+        return self.env.reset(seed=seed, options=options)
+
+
+class SpacesOnlyEnv(gym.Env):
+    """Stands in for a :class:`DistillationEnv` where only its spaces matter (loading a policy
+    before any heavy work); it cannot run episodes."""
+
+    def __init__(self, spaces: Spaces) -> None:
+        self.observation_space = spaces.observation
+        self.action_space = spaces.action
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (workflow.build_env)")
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (workflow.build_env)")
+
+
+# ---------------------------------------------------------------------------------------------- controllers
+def controller_names(spaces: Spaces) -> tuple[str, ...]:
+    """Every baseline name :func:`build_controllers` accepts for these spaces."""
+    return (*named_plans(spaces.num_teachers, spaces.regression), *PAPER_HEURISTICS, "random")
+
+
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+
+
+def load_schedule(path: str | Path, config: EnvConfig, spaces: Spaces, name: str | None = None) -> ScheduleController:
+    """A schedule file, checked against the env (length, teachers) before any work."""
+    schedule = ScheduleController.load(path, name=name or _label(Path(path)))
+    if schedule.num_steps != config.steps_per_episode:
+        raise ConfigError(
+            f"schedule {path} has {schedule.num_steps} plans but an episode of this env has "
+            f"{config.steps_per_episode} decisions (horizon {config.epochs} x decisions_per_epoch "
+            f"{config.decisions_per_epoch}); pass a matching --horizon / --decisions-per-epoch"
+        )
+    for i, plan in enumerate(schedule.plans):
+        if plan.teacher_weights is not None and len(plan.teacher_weights) != spaces.num_teachers:
+            raise ConfigError(
+                f"schedule {path} step {i} weights {len(plan.teacher_weights)} teachers but the env has "
+                f"{spaces.num_teachers} ({list(config.backend.teachers)})"
+            )
+        if spaces.regression and plan.needs_uncertainty:
+            raise ConfigError(
+                f"schedule {path} step {i} needs the student's uncertainty, which a regression task lacks"
+            )
+    return schedule
+
+
+def load_policy(path: str | Path, spaces: Spaces, name: str | None = None) -> BaseAlgorithm:
+    """A learned policy, checked against the env's spaces before any work (see ``agents.load_agent``)."""
+    agent = load_agent(path, SpacesOnlyEnv(spaces))
+    agent.name = name or _label(Path(path))
+    return agent
+
+
+def _plan(fields: Mapping[str, Any], config: EnvConfig) -> EpochPlan:
+    """A baseline's plan with the run-wide KD loss and temperature, as the env's codecs decode them."""
+    return EpochPlan(**{"kd_loss": config.kd_loss, "temperature": config.temperature, **fields})
+
+
+def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, seed: int = 0) -> dict[str, Any]:
+    """Controllers by name, in order: baselines, policies (``*.zip``) and schedules (``*.json``).
+
+    :param specs: see :attr:`LearnConfig.baselines`.
+    :param seed: seed of the ``random`` controller.
+    :raises ConfigError: an unknown name, or a file that is missing or does not fit the env.
+    """
+    plans = named_plans(spaces.num_teachers, spaces.regression)
+    out: dict[str, Any] = {}
+    for spec in specs:
+        if spec.endswith(".zip"):
+            controller: Any = load_policy(spec, spaces)
+        elif spec.endswith(".json"):
+            controller = load_schedule(spec, config, spaces)
+        elif spec == "random":
+            controller = RandomController(spaces.action, seed=seed)
+        elif spec in PAPER_HEURISTICS:
+            controller = PaperHeuristic(spec.removeprefix("paper-"))  # type: ignore[arg-type]
+            controller.plan = _plan(controller.plan.to_dict(), config)
+            if spaces.regression and controller.plan.needs_uncertainty:
+                raise ConfigError(f"baseline {spec!r} needs the student's uncertainty, which a regression task lacks")
+        elif spec in plans:
+            controller = StaticController(_plan(plans[spec], config), name=spec)
+        else:
+            raise ConfigError(
+                f"unknown controller {spec!r}; use a policy .zip, a schedule .json or one of "
+                f"{list(controller_names(spaces))}"
+            )
+        name = controller.name
+        if name in out:
+            raise ConfigError(f"controller {name!r} is listed twice")
+        out[name] = controller
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- learning
+def prepare_run_dir(config: LearnConfig) -> Path:
+    """Create the run folder; refuse to clobber a finished or interrupted run unless asked to."""
+    run_dir = config.run_dir
+    if config.resume:
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
+                "--overwrite, or pick another --name"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def agent_overrides(config: LearnConfig, episode_length: int) -> dict[str, Any]:
+    """Constructor arguments of the learner that the config changes from ``agents.factory``'s defaults."""
+    overrides: dict[str, Any] = {}
+    if config.learning_rate is not None:
+        overrides["learning_rate"] = config.learning_rate
+    if config.rollout_episodes is not None:
+        steps = config.rollout_episodes * episode_length
+        if config.algo == "ppo":
+            overrides.update(n_steps=steps, batch_size=max(2, min(steps, episode_length)))
+        elif config.algo == "a2c":
+            overrides["n_steps"] = steps
+        else:
+            overrides["learning_starts"] = steps
+    return overrides
+
+
+def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The ``checkpoints/latest.json`` written by :class:`agents.EpisodeLogger`, or None."""
+    path = run_dir / "checkpoints" / "latest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tuple[BaseAlgorithm, int]:
+    """A fresh learner, or the one of the run's last checkpoint when resuming.
+
+    Resuming drops the ``episodes.jsonl`` lines of episodes the checkpoint does not cover (they
+    are redone, with the same seeds), so no episode is lost or repeated.
+
+    :return: the learner (acting in a :class:`SeededEpisodes` wrapper of ``env``) and the number
+        of episodes already finished.
+    """
+    checkpoint = latest_checkpoint(run_dir) if config.resume else None
+    done = int(checkpoint["episodes"]) if checkpoint else 0
+    if config.resume:
+        kept = truncate_episodes(run_dir / EPISODES_FILE, done)
+        logger.info("resuming %s after %d finished episodes (%d lines of episodes.jsonl kept)", run_dir, done, kept)
+    train_env = SeededEpisodes(env, first_seed=config.env.backend.seed + done)
+    if checkpoint is None:
+        overrides = agent_overrides(config, env.steps_per_episode)
+        agent = make_agent(config.algo, train_env, tensorboard_log=run_dir / "tensorboard", seed=config.agent_seed,
+                           **overrides)
+        return agent, 0
+    folder = run_dir / "checkpoints"
+    agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo)
+    agent.tensorboard_log = str(run_dir / "tensorboard")
+    if checkpoint.get("replay_buffer") and hasattr(agent, "load_replay_buffer"):
+        agent.load_replay_buffer(folder / checkpoint["replay_buffer"])
+    return agent, done
+
+
+class EpisodeProgress(BaseCallback):
+    """A progress bar over learning episodes that also ends learning after ``total`` episodes.
+
+    SB3 learns in whole rollouts and would run past the episode budget when it is not a multiple
+    of the rollout; the surplus is cut at the budget (only an on-policy learner's last, partial
+    rollout goes unused). A rollout that ends exactly at the budget still gets its update.
+
+    :param total: episodes to learn in all.
+    :param done: episodes already finished (a resumed run).
+    :param show: draw the bar.
+    """
+
+    def __init__(self, total: int, done: int = 0, show: bool = True) -> None:
+        super().__init__()
+        self.total, self.done, self.show = total, done, show
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        if self.show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.done, desc="learning", unit="episode", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and "final_ctrl_score" in info:
+                self.done += 1
+                if self.bar is not None:
+                    dev = info.get("dev_score")
+                    self.bar.set_postfix_str(
+                        f"ctrl {info['final_ctrl_score']:.3f}" + ("" if dev is None else f" dev {dev:.3f}")
+                        + f" compute {info['compute_total']:.2f}"
+                    )
+                    self.bar.update(1)
+        if self.done < self.total:
+            return True
+        # On-policy: let the rollout that ends on this very step finish, so that it is learned from.
+        n, length = self.locals.get("n_steps"), self.locals.get("n_rollout_steps")
+        return n is not None and length is not None and n + 1 >= length
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class CheckpointAfterUpdate(BaseCallback):
+    """Checkpoints of on-policy learners (PPO, A2C), taken after each policy update.
+
+    :class:`agents.EpisodeLogger` checkpoints as soon as an episode ends, which for an on-policy
+    learner is before the update that learns from the rollout: resuming from there would drop that
+    update. Rollouts here are whole episodes, so the start of the next rollout is both after the
+    update and on an episode boundary.
+
+    :param episodes: the run's episode logger (it counts episodes and writes the checkpoint).
+    :param every: checkpoint once at least this many episodes finished since the last one.
+    :param episode_length: decisions per episode (to check that a rollout ended on an episode boundary).
+    """
+
+    def __init__(self, episodes: EpisodeLogger, every: int, episode_length: int) -> None:
+        super().__init__()
+        self.episodes, self.every, self.length = episodes, every, episode_length
+        self.last = episodes.episodes
+
+    def _on_rollout_start(self) -> None:
+        boundary = self.model.num_timesteps % self.length == 0
+        if boundary and self.episodes.episodes - self.last >= self.every:
+            self.episodes.save_checkpoint()
+            self.last = self.episodes.episodes
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def learn(agent: BaseAlgorithm, config: LearnConfig, run_dir: Path, done: int, show_progress: bool) -> int:
+    """Learn until ``config.total_episodes`` episodes are finished, logging every step to
+    ``episodes.jsonl`` and TensorBoard, checkpointing as configured and once more at the end.
+
+    :return: episodes finished.
+    """
+    length = config.env.steps_per_episode
+    remaining = config.total_episodes - done
+    if remaining <= 0:
+        return done
+    on_policy = isinstance(agent, OnPolicyAlgorithm)
+    episodes = EpisodeLogger(run_dir, checkpoint_every=0 if on_policy else config.checkpoint_every,
+                             start_episode=done)
+    callbacks: list[BaseCallback] = [episodes, EpisodeProgress(config.total_episodes, done, show=show_progress)]
+    if on_policy and config.checkpoint_every:
+        callbacks.append(CheckpointAfterUpdate(episodes, config.checkpoint_every, length))
+    agent.learn(total_timesteps=remaining * length, callback=callbacks, tb_log_name="sb3",
+                reset_num_timesteps=done == 0)
+    if episodes.episodes > (latest_checkpoint(run_dir) or {}).get("episodes", -1):
+        episodes.save_checkpoint()  # a crash during evaluation then resumes without relearning
+    return episodes.episodes
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(
+    env: DistillationEnv, controllers: Mapping[str, Any], seeds: Sequence[int], show_progress: bool = True
+) -> list[EpisodeRecord]:
+    """One episode per controller and seed, all through :func:`agents.evaluate_controller`."""
+    from tqdm.auto import tqdm
+
+    records: list[EpisodeRecord] = []
+    with tqdm(total=len(controllers) * len(seeds), desc="evaluating", unit="episode", disable=not show_progress,
+              dynamic_ncols=True) as bar:
+        for name, controller in controllers.items():
+            for seed in seeds:
+                bar.set_postfix_str(f"{name} seed {seed}")
+                records.extend(evaluate_controller(env, controller, [seed], deterministic=True, name=name))
+                bar.update(1)
+    return records
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def summarize(records: Sequence[EpisodeRecord]) -> list[dict[str, Any]]:
+    """One row per controller (in first-seen order): means and standard deviations over its seeds."""
+    groups: dict[str, list[EpisodeRecord]] = {}
+    for r in records:
+        groups.setdefault(r.controller, []).append(r)
+    rows = []
+    for name, group in groups.items():
+        dev, dev_sd = _mean_std([r.final_dev_score for r in group])
+        ctrl, ctrl_sd = _mean_std([r.final_ctrl_score for r in group])
+        compute, compute_sd = _mean_std([r.total_compute for r in group])
+        rows.append({
+            "controller": name, "episodes": len(group), "seeds": " ".join(str(r.seed) for r in group),
+            "dev_score": dev, "dev_score_std": dev_sd, "ctrl_score": ctrl, "ctrl_score_std": ctrl_sd,
+            "compute": compute, "compute_std": compute_sd,
+            "return": _mean_std([r.episode_return for r in group])[0],
+            "seconds_per_episode": _mean_std([r.wall_time for r in group])[0],
+        })
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """The comparison as an aligned text table (scores in metric points, compute in plain epochs)."""
+    header = ("controller", "dev score", "ctrl score", "compute", "return", "s/episode")
+    lines = [
+        (
+            str(r["controller"]),
+            f"{100 * r['dev_score']:.1f} ± {100 * r['dev_score_std']:.1f}",
+            f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_std']:.1f}",
+            f"{r['compute']:.2f}",
+            f"{r['return']:+.1f}",
+            f"{r['seconds_per_episode']:.1f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [title] if title else []
+    out += [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    out.append("scores in points (mean ± sd over seeds); compute in plain full-data epochs of the student")
+    return "\n".join(out)
+
+
+def plot_comparison(records: Sequence[EpisodeRecord], path: str | Path, title: str = "") -> Path:
+    """Dev score against compute: each episode as a faint dot, each controller's mean ± sd as a marker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    use_dev = all(r.final_dev_score is not None for r in records)
+    fig = Figure(figsize=(8, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(64)]
+    markers = "osD^v<>phX*"
+    groups: dict[str, list[EpisodeRecord]] = {}
+    for r in records:
+        groups.setdefault(r.controller, []).append(r)
+    for i, (name, group) in enumerate(groups.items()):
+        x = np.array([r.total_compute for r in group])
+        y = 100 * np.array([r.final_dev_score if use_dev else r.final_ctrl_score for r in group], dtype=np.float64)
+        ax.scatter(x, y, color=colors[i], alpha=0.3, s=18, linewidths=0)
+        ddof = 1 if len(group) > 1 else 0  # the table's sample standard deviation
+        ax.errorbar(  # hollow markers, so that controllers on the same spot stay visible
+            x.mean(), y.mean(), xerr=x.std(ddof=ddof), yerr=y.std(ddof=ddof), color=colors[i],
+            marker=markers[i % len(markers)], markersize=11 - min(i, 5), markerfacecolor="none",
+            markeredgewidth=2, capsize=3, linestyle="none", label=f"{name} (n={len(group)})", zorder=3,
+        )
+    ax.set_xlabel("compute per KD run (plain full-data epochs of the student)")
+    ax.set_ylabel(f"final {'dev' if use_dev else 'ctrl'} score (points)")
+    ax.set_title(title or "KD schedules: score vs compute")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def write_comparison(out_dir: str | Path, records: Sequence[EpisodeRecord], title: str = "") -> list[dict[str, Any]]:
+    """Write ``comparison.csv`` (one row per controller), ``comparison.png`` and ``evaluation.jsonl``
+    (every evaluated episode with its plans and stats); returns the rows."""
+    from kd_backend.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    rows = summarize(records)
+    tmp = out_dir / "comparison.csv.tmp"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out_dir / "comparison.csv")
+    atomic_write_text(out_dir / "evaluation.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    plot_comparison(records, out_dir / "comparison.png", title)
+    return rows
+
+
+def save_best_schedule(
+    path: str | Path, records: Sequence[EpisodeRecord], controller: str, **metadata: Any
+) -> EpisodeRecord:
+    """Save the applied plans of ``controller``'s evaluation episode with the best *ctrl* score.
+
+    The dev split is for reporting only, so it never chooses the schedule.
+    """
+    own = [r for r in records if r.controller == controller]
+    if not own:
+        raise ConfigError(f"no evaluation episode of controller {controller!r} to take a schedule from")
+    best = max(own, key=lambda r: r.final_ctrl_score)
+    ScheduleController(best.schedule).save(
+        path, controller=controller, seed=best.seed, chosen_by="final_ctrl_score",
+        final_ctrl_score=best.final_ctrl_score, final_dev_score=best.final_dev_score,
+        total_compute=best.total_compute, **metadata,
+    )
+    return best
+
+
+def log_episode_scalars(writer: Any, record: EpisodeRecord, teacher_names: Sequence[str]) -> None:
+    """An evaluated episode as TensorBoard scalars (x = decision): the plan applied, its training
+    stats, the ctrl score and reward after it; ``final/*`` at the last decision."""
+    for s in record.steps:
+        plan, stats, t = s.plan, s.stats, s.step
+        scalars = {
+            "step/ctrl_score": s.ctrl_score, "step/reward": s.reward, "step/compute": s.compute,
+            "plan/fraction": plan["fraction"], "plan/ce_weight": plan["ce_weight"], "plan/kd_weight": plan["kd_weight"],
+            "plan/hidden_weight": plan["hidden_weight"], "plan/kd_instance_weight": stats["kd_instance_weight"],
+            "plan/hidden_instance_weight": stats["hidden_instance_weight"], "train/lr": stats["lr"],
+            "train/examples_trained": stats["examples_trained"],
+            **{f"train/loss_{k}": v for k, v in stats["losses"].items()},
+            **{
+                f"plan/teacher_weight/t{k}_{name}": w
+                for k, (name, w) in enumerate(zip(teacher_names, stats["teacher_weights"], strict=True))
+            },
+        }
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, t)
+    last = record.steps[-1].step if record.steps else 0
+    writer.add_scalar("final/ctrl_score", record.final_ctrl_score, last)
+    writer.add_scalar("final/compute", record.total_compute, last)
+    writer.add_scalar("final/return", record.episode_return, last)
+    if record.final_dev_score is not None:
+        writer.add_scalar("final/dev_score", record.final_dev_score, last)
+
+
+def plan_label(plan: Mapping[str, Any], config: EnvConfig, spaces: Spaces) -> str:
+    """A short name for a plan: its discrete-menu name when it is one, else its non-default fields."""
+    parsed = EpochPlan.from_dict(plan)
+    for name, fields in named_plans(spaces.num_teachers, spaces.regression).items():
+        if _plan(fields, config) == parsed:
+            return name
+    default = _plan({}, config)
+    parts = []
+    for f in dataclasses.fields(EpochPlan):
+        value = getattr(parsed, f.name)
+        if value != getattr(default, f.name):
+            if isinstance(value, tuple):
+                value = "(" + ",".join(f"{v:.2f}" for v in value) + ")"
+            elif isinstance(value, float):
+                value = f"{value:.2f}"
+            parts.append(f"{f.name}={value}")
+    return " ".join(parts) or "kd-mean"
+
+
+def describe_schedule(record: EpisodeRecord, config: EnvConfig, spaces: Spaces) -> str:
+    """One line per decision: the plan applied and the ctrl score after it."""
+    return "\n".join(
+        f"  step {s.step}: {plan_label(s.plan, config, spaces):<24} "
+        f"ctrl {100 * s.ctrl_score:5.1f}  compute {s.compute:.2f}"
+        for s in record.steps
+    )

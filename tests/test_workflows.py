@@ -1,0 +1,308 @@
+"""The user-facing workflows — learn, replay, compare — as subprocesses with tiny budgets, checking
+the artifacts they write; ``--resume`` after a kill; bad input refused before any work."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents import ScheduleController, read_episodes
+from envs import tiny_config
+from kd_backend.errors import ConfigError
+from kd_backend.reporting import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import compare  # noqa: E402
+import learn_policy  # noqa: E402
+import replay_schedule  # noqa: E402
+import workflow  # noqa: E402
+from workflow import CompareConfig, LearnConfig, ReplayConfig  # noqa: E402
+
+EVAL_SEEDS = (100, 101)
+BASELINES = ("kd-t0", "paper-combined", "random")
+STEPS = 3  # decisions per episode of the tiny env: 3 epochs x 1
+
+
+def run_script(script: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "experiments" / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory) -> Path:
+    """A learn config for the tiny env (its teachers are cached where test_env/test_agents cache them)."""
+    cache = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"
+    cache.mkdir(exist_ok=True)
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = LearnConfig(
+        env=tiny_config(cache_dir=str(cache)), name="tiny", runs_dir=str(runs), total_episodes=4,
+        rollout_episodes=2, checkpoint_every=2, eval_seeds=EVAL_SEEDS, baselines=BASELINES,
+    )
+    path = tmp_path_factory.mktemp("configs") / "tiny.yaml"
+    workflow.save_config(path, cfg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_yaml) -> Path:
+    """One learning run of 4 episodes (2 PPO updates), shared by the tests that read its artifacts."""
+    check_ok(run_script("learn_policy.py", "--config", tiny_yaml))
+    return Path(yaml.safe_load(tiny_yaml.read_text())["runs_dir"]) / "tiny"
+
+
+def test_learn_writes_every_artifact(learned, tiny_yaml):
+    config = yaml.safe_load((learned / "config.yaml").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(LearnConfig)}
+    assert config["total_episodes"] == 4 and config["resume"] is None and config["algo"] == "ppo"
+    cache_dir = yaml.safe_load(tiny_yaml.read_text())["env"]["backend"]["cache_dir"]
+    assert config["env"]["backend"]["cache_dir"] == cache_dir
+    resolved = workflow.load_config_file(LearnConfig, learned / "config.yaml")  # the saved config reads back
+    assert resolved.env == tiny_config(cache_dir=config["env"]["backend"]["cache_dir"])
+
+    spaces = workflow.expected_spaces(resolved.env)
+    agent = workflow.load_policy(learned / "policy.zip", spaces)
+    assert agent.dynakd_algo == "ppo" and agent.num_timesteps == 4 * STEPS
+
+    lines = read_episodes(learned / "episodes.jsonl")
+    assert len(lines) == 4 * STEPS
+    steps = [(line["episode"], line["step"]) for line in lines]
+    assert steps == [(e, s) for e in range(4) for s in range(1, STEPS + 1)]
+    assert [line["seed"] for line in lines if line["done"]] == [0, 1, 2, 3]  # training seeds: seed + episode
+    assert all(0 <= line["dev_score"] <= 1 for line in lines if line["done"])
+
+    with (learned / "comparison.csv").open() as f:
+        rows = {row["controller"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"learned-ppo", *BASELINES}
+    assert all(int(row["episodes"]) == len(EVAL_SEEDS) and 0 <= float(row["dev_score"]) <= 1 for row in rows.values())
+    png = (learned / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+    evaluated = [json.loads(line) for line in (learned / "evaluation.jsonl").read_text().splitlines()]
+    assert len(evaluated) == len(rows) * len(EVAL_SEEDS)
+    own = [e for e in evaluated if e["controller"] == "learned-ppo"]
+    assert {e["seed"] for e in own} == set(EVAL_SEEDS)  # fresh seeds, not training ones
+
+    best = json.loads((learned / "best_schedule.json").read_text())
+    top = max(own, key=lambda e: e["final_ctrl_score"])  # by ctrl, never by dev
+    assert best["chosen_by"] == "final_ctrl_score" and best["seed"] == top["seed"]
+    assert best["plans"] == [s["plan"] for s in top["steps"]]
+    assert ScheduleController.load(learned / "best_schedule.json").num_steps == STEPS
+
+    scalars = read_scalars(learned / "tensorboard")
+    dev = [line["dev_score"] for line in lines if line["done"]]
+    assert [v for _, v in scalars["episode/final_dev_score"]] == pytest.approx(dev, abs=1e-6)  # float32 in TB
+    assert len(scalars["plan/fraction"]) == 4 * STEPS and "plan/teacher_weight/t1_tiny-2x128" in scalars
+    assert "train/value_loss" in scalars  # SB3's own scalars: the policy was updated
+
+
+def test_replay_policy_and_schedule(learned, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "closed"
+    proc = run_script("replay_schedule.py", "--config", learned / "config.yaml", "--policy", learned / "policy.zip",
+                      "--seed", 7, "--out", out)
+    check_ok(proc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "closed loop" and metrics["seed"] == 7 and len(metrics["steps"]) == STEPS
+    assert set(metrics["final_dev"]) == {"accuracy"} and metrics["final_dev_score"] == metrics["final_dev"]["accuracy"]
+    assert metrics["final_ctrl_score"] == metrics["steps"][-1]["ctrl_score"] == metrics["final_ctrl"]["score"]
+    applied = ScheduleController.load(out / "schedule.json")
+    assert [p.to_dict() for p in applied.plans] == [s["plan"] for s in metrics["steps"]]
+    model = AutoModelForSequenceClassification.from_pretrained(out / "student")
+    tokenizer = AutoTokenizer.from_pretrained(out / "student")
+    assert model.config.num_labels == 2
+    assert model(**tokenizer(["a fine film"], return_tensors="pt")).logits.shape == (1, 2)
+    scalars = read_scalars(out)
+    assert len(scalars["step/ctrl_score"]) == STEPS and scalars["final/dev_score"][0][1] == pytest.approx(
+        metrics["final_dev_score"])
+
+    # Open loop: the recorded schedule is applied as written, on another seed.
+    out2 = tmp_path / "open"
+    check_ok(run_script("replay_schedule.py", "--config", learned / "config.yaml", "--schedule",
+                        learned / "best_schedule.json", "--seed", 8, "--out", out2))
+    replayed = json.loads((out2 / "metrics.json").read_text())
+    assert replayed["mode"] == "open loop" and replayed["seed"] == 8
+    assert [s["plan"] for s in replayed["steps"]] == json.loads((learned / "best_schedule.json").read_text())["plans"]
+    assert (out2 / "student" / "config.json").exists()
+
+
+def test_compare_over_two_seeds(learned, tmp_path):
+    out = tmp_path / "compare"
+    proc = run_script("compare.py", "--config", learned / "config.yaml", "--controllers", "kd-t1", "random",
+                      learned / "policy.zip", learned / "best_schedule.json", "--seeds", 1, 2, "--out", out)
+    check_ok(proc)
+    with (out / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["controller"] for r in rows] == ["kd-t1", "random", "tiny/policy", "tiny/best_schedule"]
+    assert all(r["episodes"] == "2" and r["seeds"] == "1 2" for r in rows)
+    assert (out / "comparison.png").stat().st_size > 5000
+    assert len((out / "evaluation.jsonl").read_text().splitlines()) == 8
+    assert "tiny/policy" in proc.stdout and "dev score" in proc.stdout  # the printed table
+
+
+def test_resume_after_kill_neither_loses_nor_repeats_episodes(tiny_yaml, tmp_path):
+    total = 12
+    args = ["--config", tiny_yaml, "--runs-dir", tmp_path, "--name", "killed", "--total-episodes", total,
+            "--eval-seeds", 100, "--baselines", "kd-t0"]
+    run = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "experiments" / "learn_policy.py"), *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            finished = sum(line["done"] for line in read_episodes(run / "episodes.jsonl"))
+            # Checkpoints follow PPO updates (every 2 episodes here): after an odd count, the last
+            # finished episode is not covered, so the resume must drop and redo its lines.
+            if finished >= 5 and finished % 2 == 1 and (run / "checkpoints" / "latest.json").exists():
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert not (run / "policy.zip").exists()
+    checkpoint = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert 2 <= checkpoint["episodes"] < total
+    uncovered = [line for line in read_episodes(run / "episodes.jsonl") if line["episode"] >= checkpoint["episodes"]]
+    assert uncovered, "the kill should leave lines of episodes the checkpoint does not cover"
+
+    refused = run_script("learn_policy.py", *args)  # the same name without --resume: refused, nothing touched
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+
+    check_ok(run_script("learn_policy.py", "--resume", run))
+    lines = read_episodes(run / "episodes.jsonl")
+    keys = [(line["episode"], line["step"]) for line in lines]
+    assert keys == sorted(set(keys)), "episodes.jsonl repeats or reorders steps"
+    assert keys == [(e, s) for e in range(total) for s in range(1, STEPS + 1)]
+    assert [line["seed"] for line in lines if line["done"]] == list(range(total))
+    assert [line["timestep"] for line in lines] == list(range(1, total * STEPS + 1))
+    policy = workflow.load_policy(run / "policy.zip", workflow.expected_spaces(tiny_config()))
+    assert policy.num_timesteps == total * STEPS
+    assert (run / "comparison.csv").exists() and (run / "best_schedule.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def parse(cls, *argv):
+    return workflow.parse_config(cls, None, [str(a) for a in argv])
+
+
+def test_dqn_with_box_is_refused_before_any_work(tiny_yaml, tmp_path):
+    cfg = parse(LearnConfig, "--config", tiny_yaml, "--algo", "dqn", "--action-space", "box", "--runs-dir", tmp_path)
+    with pytest.raises(ConfigError, match=r"'dqn' cannot act in the Box.*\['ppo', 'a2c', 'sac'\]"):
+        learn_policy.main(cfg)
+    assert not (tmp_path / "tiny").exists()  # nothing was started
+    proc = run_script("learn_policy.py", "--config", tiny_yaml, "--algo", "dqn", "--action-space", "box",
+                      "--runs-dir", tmp_path)
+    assert proc.returncode == 1 and "error: algorithm 'dqn' cannot act" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_mismatched_policy_is_refused_before_any_work(learned, tmp_path):
+    base = ("--config", learned / "config.yaml", "--policy", learned / "policy.zip", "--out", tmp_path / "x")
+    with pytest.raises(ConfigError, match="action space Discrete"):
+        replay_schedule.main(parse(ReplayConfig, *base, "--menu", "kd-t0", "kd-t1"))
+    with pytest.raises(ConfigError, match="observation space"):
+        replay_schedule.main(parse(ReplayConfig, *base, "--teachers", "tiny-2x128"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        replay_schedule.main(parse(ReplayConfig, "--policy", tmp_path / "missing.zip"))
+    with pytest.raises(ConfigError, match="exactly one of --policy"):
+        replay_schedule.main(parse(ReplayConfig, "--config", learned / "config.yaml"))
+    with pytest.raises(ConfigError, match="unknown controller 'kd-t7'"):
+        compare.main(parse(CompareConfig, "--config", learned / "config.yaml", "--controllers", "kd-t0", "kd-t7"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"steps": []}), "no 'plans' key"),
+        (json.dumps([{"fraction": 2.0}] * STEPS), r"step 0.*fraction=2\.0"),
+        (json.dumps([{"teacher_mode": "fixed", "bogus": 1}] * STEPS), r"unknown EpochPlan field\(s\) \['bogus'\]"),
+        (json.dumps([{}]), "has 1 plans but an episode of this env has 3"),
+        (json.dumps([{"teacher_weights": [1, 0, 0]}] * STEPS), "weights 3 teachers but the env has 2"),
+    ],
+)
+def test_malformed_schedule_is_refused_before_any_work(tiny_yaml, tmp_path, content, match):
+    path = tmp_path / "schedule.json"
+    path.write_text(content)
+    cfg = parse(ReplayConfig, "--config", tiny_yaml, "--schedule", path, "--out", tmp_path / "out")
+    with pytest.raises(ConfigError, match=match):
+        replay_schedule.main(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_files_missing_or_unknown_keys(tmp_path, tiny_yaml, capsys):
+    data = yaml.safe_load(tiny_yaml.read_text())
+    for key in ("total_episodes", "env"):
+        broken = tmp_path / f"no-{key}.yaml"
+        broken.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != key}))
+        with pytest.raises(ConfigError, match=rf"missing required key\(s\) \['{key}'\]"):
+            parse(LearnConfig, "--config", broken)
+    data["env"]["backend"]["teacher_count"] = 2
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"env\.backend: unknown key\(s\) \['teacher_count'\]"):
+        parse(LearnConfig, "--config", unknown)
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse(LearnConfig, "--config", tmp_path / "nope.yaml")
+    with pytest.raises(SystemExit):  # tyro reports errors of flag values itself
+        parse(LearnConfig, "--config", tiny_yaml, "--eval-seeds", 3, 100)
+    assert "eval_seeds [3] are also training" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        parse(LearnConfig, "--resume", tmp_path)
+    # A learn config also drives replay and compare: learn-only keys are skipped, unknown ones are not.
+    replay = parse(ReplayConfig, "--config", tiny_yaml, "--schedule", "s.json", "--seed", 4)
+    assert replay.env.backend.seed == 4 and replay.env.backend.synthetic_train == 600
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['teacher_count'\]"):
+        parse(CompareConfig, "--config", unknown)
+
+
+def test_shipped_configs():
+    configs = REPO / "experiments" / "configs"
+    assert workflow.load_config_file(LearnConfig, configs / "default.yaml") == LearnConfig()  # = no arguments
+    sst2 = workflow.load_config_file(LearnConfig, configs / "sst2_cpu.yaml")
+    b = sst2.env.backend
+    assert b.task == "glue/sst2" and b.data_dir == "../shared/data/glue" and b.train_limit
+    assert b.teachers == ("tiny-2x128", "tiny-4x256") and b.student.startswith("tiny-")
+    paper = workflow.load_config_file(LearnConfig, configs / "gpu_paper.yaml")
+    b = paper.env.backend
+    paper_setting = (b.student_init, b.student_layers, b.epochs, b.lr, b.batch_size, b.max_seq_length)
+    assert paper_setting == ("first", 6, 3, 2e-5, 32, 128)
+    assert len(b.teachers) == 2 and paper.env.temperature == 1.0 and b.device == "cuda"
+    for cfg in (LearnConfig(), sst2, paper):  # the spaces are known without building anything
+        spaces = workflow.expected_spaces(cfg.env)
+        workflow.check_algorithm(cfg.algo, spaces)
+        assert set(workflow.build_controllers(cfg.baselines, cfg.env, spaces)) == set(cfg.baselines)
+
+
+def test_threads_default_to_one_for_tiny_cpu_students():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert workflow.configure_threads(None, tiny_config().backend) == 1
+        assert workflow.configure_threads(2, tiny_config().backend) == 2
+    finally:
+        torch.set_num_threads(before)
