@@ -39,7 +39,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from common import _build as overlay_config  # common puts the repo root on sys.path for the imports below
+from common import overlay_config  # common puts the repo root on sys.path for the imports below
 from common import save_yaml, setup_logging
 
 from agents import (
