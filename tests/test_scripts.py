@@ -15,8 +15,9 @@ from kd_backend.reporting import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
-TINY = ["--task", "synthetic", "--synthetic-train", "1500", "--synthetic-dev", "300", "--max-seq-length", "48",
-        "--batch-size", "32", "--no-progress"]
+# From-scratch transformers need a few hundred steps before they beat chance on the synthetic rule.
+TINY = ["--task", "synthetic", "--synthetic-train", "3000", "--synthetic-dev", "400", "--max-seq-length", "48",
+        "--batch-size", "16", "--lr", "1e-3", "--no-progress"]
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "t"
-    proc = run("train_teachers.py", *TINY, "--preset", "tiny-2x128", "--epochs", "4", "--lr", "3e-3",
+    proc = run("train_teachers.py", *TINY, "--preset", "tiny-1x64", "--epochs", "3",
                "--cache-dir", str(out.parent / "cache"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -37,27 +38,27 @@ def teacher(tmp_path_factory) -> Path:
 
 def test_train_teachers_writes_a_loadable_model(teacher):
     model = AutoModelForSequenceClassification.from_pretrained(str(teacher))
-    assert model.config.num_hidden_layers == 2 and model.config.num_labels == 2
+    assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
     AutoTokenizer.from_pretrained(str(teacher))
     evals = json.loads((teacher / "dynakd_eval.json").read_text())
-    assert len(evals) == 4 and evals[-1]["score"] > 0.55  # a teacher that learned something
+    assert len(evals) == 3 and evals[-1]["score"] > 0.56  # a teacher that learned something
 
 
 def test_distill_improves_over_the_untrained_student_and_writes_artifacts(teacher, tmp_path):
     out = tmp_path / "run"
-    proc = run("distill.py", *TINY, "--teachers", str(teacher), "--student", "tiny-1x64", "--epochs", "3",
-               "--lr", "3e-3", "--teacher-mode", "fixed", "--hidden-weight", "0.5",
+    proc = run("distill.py", *TINY, "--teachers", str(teacher), "--student", "tiny-1x64", "--epochs", "2",
+               "--teacher-mode", "fixed", "--hidden-weight", "0.5",
                "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 3 and set(metrics["final_dev"]) == {"accuracy"}
+    assert len(metrics["epochs"]) == 2 and set(metrics["final_dev"]) == {"accuracy"}
     untrained = metrics["untrained_dev_score"]
     assert metrics["final_dev_score"] >= untrained + 0.05, (untrained, metrics["final_dev_score"])
     assert metrics["epochs"][0]["train"]["losses"]["kd"] > 0 and metrics["epochs"][0]["train"]["losses"]["hidden"] > 0
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "student"))
     assert model.config.num_hidden_layers == 1
     scalars = read_scalars(out)
-    assert len(scalars["dev/score"]) == 3 and "train/loss_kd" in scalars
+    assert len(scalars["dev/score"]) == 2 and "train/loss_kd" in scalars
     assert (out / "config.yaml").exists()
 
 
