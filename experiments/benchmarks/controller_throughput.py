@@ -71,7 +71,7 @@ def run(args: Args) -> dict:
                                            teacher_epochs=1, epochs=2, max_seq_length=48))
     factory = _EnvFactory(cfg, args.threads)
     t0 = time.perf_counter()
-    env = factory()  # first build: trains/caches teachers if needed
+    env = factory()  # first build: trains and caches the teachers if the cache is cold
     build_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     env2 = factory()  # a second build reads everything from the cache
@@ -99,7 +99,7 @@ def run(args: Args) -> dict:
     base = rows[0]["episodes/hour"]
     for r in rows:
         r["vs 1 env"] = r["episodes/hour"] / base
-    breakdown = {"env build, first (teachers trained + cached) s": build_first, "env build, cached s": build_cached,
+    breakdown = {"env build, first in this process s": build_first, "env build, second (all cached) s": build_cached,
                  "training per epoch s": train_s / steps, "ctrl evaluation per step s": eval_s / steps}
     print_table(rows, ["setting", "episodes/hour", "vs 1 env"], title=f"controller throughput ({steps} steps/episode)")
     print_table([{"part": k, "seconds": v} for k, v in breakdown.items()], ["part", "seconds"], title="where time goes")
