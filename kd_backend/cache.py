@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kd_backend.batching import EncodedSplit, length_grouped_batches
-from kd_backend.errors import CacheError
+from kd_backend.errors import CacheError, ModelError
 from kd_backend.forward import forward_logits_cls, move_batch
 from kd_backend.io import default_file_mode
 
@@ -134,6 +134,13 @@ def compute_teacher_outputs(
             hidden_out[index] = cls.to(torch.float16).cpu()
     if logits_out is None:  # empty split
         logits_out = torch.zeros((0, int(getattr(model.config, "num_labels", 1))), dtype=torch.float32)
+    for name, values in (("logits", logits_out), ("[CLS] states", hidden_out)):
+        if values is not None and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values.flatten(1))).any(1).sum())
+            raise ModelError(
+                f"{desc}: the teacher gave non-finite {name} for {bad} of {n} instances (a diverged teacher, or "
+                "[CLS] states beyond the fp16 range of the cache); retrain or check the teacher before distilling"
+            )
     return TeacherOutputs(logits_out, hidden_out)
 
 

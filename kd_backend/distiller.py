@@ -84,6 +84,9 @@ class DistillerConfig:
     """Seed of the first episode (``reset(seed)`` overrides it)."""
     progress: bool = False
     """Show tqdm progress bars for caching and epochs."""
+    finite_check_every: int | None = None
+    """Check the loss for NaN/inf every N optimizer steps (each check is a host sync on CUDA);
+    None = every step on the CPU, every 50 steps on CUDA (and always at the end of an epoch)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_length"):
@@ -93,6 +96,12 @@ class DistillerConfig:
             raise ConfigError(f"DistillerConfig.lr={self.lr!r} must be a finite number > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"DistillerConfig.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.finite_check_every is not None and (
+            not isinstance(self.finite_check_every, int) or self.finite_check_every < 1
+        ):
+            raise ConfigError(
+                f"DistillerConfig.finite_check_every={self.finite_check_every!r} must be None or an integer >= 1"
+            )
         if self.teacher_source not in ("cache", "online"):
             raise ConfigError(f"DistillerConfig.teacher_source={self.teacher_source!r} must be 'cache' or 'online'")
         if self.layer_map is not None:
@@ -294,6 +303,8 @@ class Distiller:
         self.progress = 0.0
         self.global_step = 0
         self._perm: np.ndarray | None = None
+        self._finite: torch.Tensor | None = None  # pending NaN/inf flag (see _check_finite)
+        self._finite_terms: dict[str, torch.Tensor] | None = None
 
     def _cuda_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
@@ -385,6 +396,9 @@ class Distiller:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self._train_step(plan, idx, acc)
+        self._check_finite(None, None)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # wall_time covers the queued GPU work
         self.progress = start + span * len(batches) / max(total_steps, 1)
         finished = len(batches) == total_steps
         if part == parts - 1 and finished:
@@ -445,29 +459,41 @@ class Distiller:
             u_sel = None if u is None else u[sel]
             weights = teacher_weights(
                 plan.teacher_mode, u_sel, self.num_teachers, plan.teacher_weights,
-                batch_size=len(sel), device=self.device,
+                batch_size=len(sel), device=self.device, check_range=False,
             )
-            kd_w_i, hid_w_i = objective_weights(plan.objective, u_sel, len(sel), device=self.device)
+            kd_w_i, hid_w_i = objective_weights(plan.objective, u_sel, len(sel), device=self.device, check_range=False)
             z = logits[sel]
             kd_i = z.new_zeros(len(sel))
             hid_i = z.new_zeros(len(sel))
+            cached = self.config.teacher_source == "cache"
             for k in range(self.num_teachers):
-                rows = torch.nonzero(weights[:, k] > 0).flatten()
-                if len(rows) == 0:
-                    continue
-                t_logits, t_hidden = self._teacher_batch(k, idx[sel[rows].cpu().numpy()], use_hidden, acc)
-                w = weights[rows, k]
+                if plan.teacher_mode == "fixed" and plan.teacher_weights is not None and plan.teacher_weights[k] == 0:
+                    continue  # known on the host: a teacher with fixed weight 0 is never read
+                if cached:
+                    # Cached outputs cost nothing to read: take every row (weight 0 where teacher k
+                    # is not adopted) instead of finding the adopted rows, a host sync on CUDA.
+                    rows = None
+                    t_logits, t_hidden = self._cached_teacher_batch(k, idx_t[sel], use_hidden)
+                    w = weights[:, k]
+                else:
+                    rows = torch.nonzero(weights[:, k] > 0).flatten()
+                    if len(rows) == 0:
+                        continue
+                    t_logits, t_hidden = self._online_teacher_batch(k, idx[sel[rows].cpu().numpy()], use_hidden, acc)
+                    w = weights[rows, k]
+                z_k = z if rows is None else z[rows]
                 if plan.kd_weight > 0:
                     if self.spec.is_regression or plan.kd_loss == "mse":
-                        term = losses.kd_mse_loss(z[rows], t_logits)
+                        term = losses.kd_mse_loss(z_k, t_logits)
                     else:
-                        term = losses.kd_kl_loss(z[rows], t_logits, plan.temperature)
-                    kd_i = kd_i.index_add(0, rows, w * term)
+                        term = losses.kd_kl_loss(z_k, t_logits, plan.temperature)
+                    kd_i = kd_i + w * term if rows is None else kd_i.index_add(0, rows, w * term)
                 if use_hidden:
-                    s = s_cls[sel[rows]][:, self._student_pos[k]].float()
+                    s = s_cls[sel if rows is None else sel[rows]][:, self._student_pos[k]].float()
                     if self._proj_shapes[k] is not None:
                         s = torch.stack([p(s[:, j]) for j, p in enumerate(self.projections[k])], dim=1)
-                    hid_i = hid_i.index_add(0, rows, w * losses.hidden_mse_loss(s, t_hidden.float()))
+                    term = w * losses.hidden_mse_loss(s, t_hidden.float())
+                    hid_i = hid_i + term if rows is None else hid_i.index_add(0, rows, term)
             kd_mean = (kd_w_i * kd_i).mean()
             hid_mean = (hid_w_i * hid_i).mean()
             acc.add_weights(weights, kd_w_i, hid_w_i)
@@ -477,12 +503,7 @@ class Distiller:
             "ce_w": plan.ce_weight * ce_mean.detach(), "kd_w": plan.kd_weight * kd_mean.detach(),
             "hidden_w": plan.hidden_weight * hid_mean.detach(), "total": total.detach(),
         }
-        if not torch.isfinite(total):
-            values = {k: float(v) for k, v in terms.items()}
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step} (epoch {self.epoch}): {values}; lower the learning "
-                "rate (DistillerConfig.lr), check the teacher outputs, or raise warmup_ratio"
-            )
+        self._check_finite(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -493,15 +514,48 @@ class Distiller:
         acc.student_flops += 3 * forward_flops(self.student, padded, len(idx), padded / len(idx))
         acc.add_step(terms, len(idx))
 
-    def _teacher_batch(
+    def _check_finite(self, total: torch.Tensor | None, terms: dict[str, torch.Tensor] | None) -> None:
+        """Raise :class:`NonFiniteLossError` on a NaN/inf loss (``total=None``: check what is pending).
+
+        Reading the loss is a host sync. On the CPU every step is checked before its optimizer
+        step. On CUDA each step's flag is folded into one device tensor that is read every
+        ``finite_check_every`` steps and at the end of each :meth:`train_epoch` call, so the GPU
+        is not stalled every step.
+        """
+        every = self.config.finite_check_every or (50 if self.device.type == "cuda" else 1)
+        if total is not None:
+            ok = torch.isfinite(total)
+            self._finite = ok if self._finite is None else self._finite & ok
+            self._finite_terms = terms
+            if every > 1 and (self.global_step + 1) % every != 0:
+                return
+        if self._finite is None:
+            return
+        all_finite, terms = bool(self._finite), self._finite_terms
+        self._finite, self._finite_terms = None, None
+        if all_finite:
+            return
+        values = {k: float(v) for k, v in (terms or {}).items()}
+        where = f"step {self.global_step}" if every == 1 else (
+            f"step {self.global_step} or one of the {every - 1} steps before it (checked every {every} steps)"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at {where} (epoch {self.epoch}): {values}; lower the learning rate "
+            "(DistillerConfig.lr), check the teacher outputs, or raise warmup_ratio"
+        )
+
+    def _cached_teacher_batch(
+        self, k: int, idx: torch.Tensor, use_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher ``k``'s cached logits (and mapped [CLS] states) for training instances ``idx`` (on the device)."""
+        out = self._teacher_out[k]["train"]
+        hidden = out.hidden[idx] if use_hidden and out.hidden is not None else None
+        return out.logits[idx], hidden
+
+    def _online_teacher_batch(
         self, k: int, idx: np.ndarray, use_hidden: bool, acc: _Accumulator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher ``k``'s logits (and mapped [CLS] states) for training instances ``idx``."""
-        if self.config.teacher_source == "cache":
-            out = self._teacher_out[k]["train"]
-            idx_t = torch.from_numpy(idx).to(self.device)
-            hidden = out.hidden[idx_t] if use_hidden and out.hidden is not None else None
-            return out.logits[idx_t], hidden
+        """Teacher ``k``'s logits (and mapped [CLS] states) for training instances ``idx``, by a forward pass."""
         teacher, enc = self.teachers[k], self._teacher_enc[k]["train"]
         batch = move_batch(enc.collate(idx, self._pad_to), self.device)
         layers = [t for _, t in self._layer_maps[k]] if use_hidden else []

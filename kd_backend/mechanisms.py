@@ -29,14 +29,18 @@ from kd_backend.errors import ConfigError
 from kd_backend.plan import OBJECTIVE_MODES, TEACHER_MODES
 
 
-def _check_uncertainty(uncertainty: torch.Tensor, where: str) -> torch.Tensor:
-    """The detached (B,) floating uncertainty after checking its shape and range."""
+def _check_uncertainty(uncertainty: torch.Tensor, where: str, check_range: bool = True) -> torch.Tensor:
+    """The detached (B,) floating uncertainty after checking its shape and (optionally) its range.
+
+    The range check reads the values back to the host, which on CUDA is a device synchronisation;
+    the training loop, whose uncertainties come from :func:`normalized_entropy`, skips it.
+    """
     if uncertainty.dim() != 1:
         raise ValueError(f"{where}: uncertainty shape {tuple(uncertainty.shape)} must be (B,)")
     u = uncertainty.detach()
     if not u.is_floating_point():
         u = u.float()
-    if not bool(((u >= 0) & (u <= 1)).all()):
+    if check_range and not bool(((u >= 0) & (u <= 1)).all()):
         raise ValueError(
             f"{where}: uncertainty values must lie in [0, 1] (got min {u.min().item()}, max {u.max().item()}); "
             "use kd_backend.uncertainty.uncertainty_scores"
@@ -57,6 +61,7 @@ def teacher_weights(
     fixed: tuple[float, ...] | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    check_range: bool = True,
 ) -> torch.Tensor:
     """Per-instance teacher weights for dynamic teacher adoption (see the module docstring).
 
@@ -68,6 +73,8 @@ def teacher_weights(
     :param batch_size: B when ``uncertainty`` is None (``fixed`` mode needs one of the two).
     :param device: where the weights live when ``uncertainty`` is None (default CPU); otherwise
         they follow ``uncertainty``.
+    :param check_range: raise if an uncertainty lies outside [0, 1] (a host sync on CUDA; the
+        training loop turns it off for its own entropies).
     :return: (B, K) detached weights; every row sums to 1. K = 1 gives all ones.
     """
     if mode not in TEACHER_MODES:
@@ -81,7 +88,7 @@ def teacher_weights(
         )
     with torch.no_grad():
         if uncertainty is not None:  # fixed mode reads only B and the device
-            u = _check_uncertainty(uncertainty, "teacher_weights") if mode != "fixed" else uncertainty.detach()
+            u = _check_uncertainty(uncertainty, "teacher_weights", check_range) if mode != "fixed" else uncertainty.detach()
             num_rows, device = u.shape[0], u.device
             dtype = u.dtype if u.is_floating_point() else torch.float32
         elif batch_size is not None:
@@ -119,7 +126,11 @@ def teacher_weights(
 
 
 def objective_weights(
-    mode: str, uncertainty: torch.Tensor | None, batch_size: int, device: torch.device | str | None = None
+    mode: str,
+    uncertainty: torch.Tensor | None,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-instance weights of the KD and hidden-alignment losses (dynamic objective weighting).
 
@@ -130,6 +141,7 @@ def objective_weights(
     :param uncertainty: (B,) student uncertainty in [0, 1]; required unless ``mode='static'``.
     :param batch_size: B.
     :param device: where the ``static`` weights live when ``uncertainty`` is None (default CPU).
+    :param check_range: raise if an uncertainty lies outside [0, 1] (see :func:`teacher_weights`).
     :return: ``(kd_weight, hidden_weight)``, each (B,) and detached.
     """
     if mode not in OBJECTIVE_MODES:
@@ -143,7 +155,7 @@ def objective_weights(
             raise ConfigError(
                 f"objective={mode!r} needs the student's uncertainty; pass uncertainty scores or use objective='static'"
             )
-        u = _check_uncertainty(uncertainty, "objective_weights")
+        u = _check_uncertainty(uncertainty, "objective_weights", check_range)
         if u.shape[0] != batch_size:
             raise ValueError(f"objective_weights: uncertainty has {u.shape[0]} values but batch_size={batch_size}")
         return (1.0 - u, u.clone()) if mode == "uncertainty" else (u.clone(), 1.0 - u)

@@ -187,6 +187,36 @@ def test_nan_loss_names_step_and_terms(task, tokenizer, teachers, tmp_path):
         d.train_epoch(EpochPlan(teacher_weights=(1.0, 0.0)))
 
 
+def test_periodic_finite_check_catches_nan_within_its_window(task, tokenizer, teachers, tmp_path):
+    # The CUDA default (a device flag read every N steps) exercised on the CPU.
+    d = make(task, tokenizer, teachers, tmp_path, finite_check_every=4)
+    d._teacher_out[0]["train"].logits[:] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 3 or one of the 3 steps before it \(checked every 4 steps\)"):
+        d.train_epoch(EpochPlan(teacher_weights=(1.0, 0.0)))
+    # A chunk shorter than the window is still checked when train_epoch returns.
+    d = make(task, tokenizer, teachers, tmp_path, finite_check_every=100)
+    d._teacher_out[0]["train"].logits[:] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="checked every 100 steps"):
+        d.train_epoch(EpochPlan(teacher_weights=(1.0, 0.0), max_steps=2))
+    with pytest.raises(ConfigError, match="finite_check_every"):
+        DistillerConfig(finite_check_every=0)
+
+
+def test_teacher_with_fixed_weight_zero_is_never_read(task, tokenizer, teachers, tmp_path):
+    d = make(task, tokenizer, teachers, tmp_path)
+    d._teacher_out[1]["train"].logits[:] = float("nan")
+    stats = d.train_epoch(EpochPlan(teacher_weights=(1.0, 0.0), max_steps=3))
+    assert math.isfinite(stats.losses["kd"]) and stats.teacher_weights == (1.0, 0.0)
+
+
+def test_non_finite_teacher_outputs_are_refused_at_cache_time(task, tokenizer, tmp_path):
+    broken = build_model("tiny-1x64", 2, len(tokenizer), seed=5)
+    with torch.no_grad():
+        broken.classifier.weight.fill_(float("nan"))
+    with pytest.raises(ModelError, match=r"caching broken \[train\]: the teacher gave non-finite logits for (\d+) of \1 instances"):
+        make(task, tokenizer, [Teacher("broken", broken, tokenizer)], tmp_path)
+
+
 def test_plan_errors_name_the_field():
     with pytest.raises(ConfigError, match="fraction"):
         EpochPlan(fraction=1.5)
