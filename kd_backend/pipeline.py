@@ -20,7 +20,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ STUDENT_INITS = ("fresh", "first", "every-other")
 
 
 @dataclass(frozen=True)
-class BackendConfig:
-    """Everything that defines a KD run's data, models and optimisation."""
+class BackendConfig(DistillerConfig):
+    """Everything that defines a KD run: data and models (here) and optimisation (inherited from
+    :class:`~kd_backend.distiller.DistillerConfig`, so each knob has one definition and the config
+    stays flat: ``--lr``, ``backend.lr`` in YAML)."""
 
     task: str = "synthetic"
     """``synthetic`` (built in, no files), a GLUE task (``glue/sst2``, ``rte``, …) or a CSV/TSV/JSON file."""
@@ -77,34 +79,12 @@ class BackendConfig:
     """Epochs to fine-tune a preset teacher on first use."""
     teacher_lr: float = 1e-3
     """Learning rate to fine-tune a preset teacher on first use."""
-    epochs: int = 3
-    """Planned epochs of the KD run."""
-    batch_size: int = 32
-    """Training batch size."""
-    lr: float = 1e-3
-    """Peak learning rate of the student (1e-3 for tiny students from scratch; 2e-5 for BERT)."""
-    warmup_ratio: float = 0.1
-    """Fraction of the run spent on linear warm-up."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    max_seq_length: int = 128
-    """Tokens per instance after truncation."""
-    pad_to_max_length: bool = False
-    """Static padding to ``max_seq_length`` (paper mode) instead of dynamic padding."""
-    teacher_source: str = "cache"
-    """``cache`` (teacher outputs once per dataset) or ``online`` (teacher forward every step)."""
-    cache_dir: str = ".cache/dynakd"
-    """Folder for teacher caches, trained preset teachers and tokenizers."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
-    bf16: bool = True
-    """bf16 autocast on CUDA."""
-    seed: int = 0
-    """Seed of the student, data order and selection."""
     progress: bool = True
-    """Show progress bars."""
+    """Show progress bars (caching, epochs, teacher fine-tuning)."""
+    # Every other field (epochs, batch_size, lr, …, seed) is DistillerConfig's.
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.teachers, str):
             object.__setattr__(self, "teachers", (self.teachers,))
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -114,13 +94,8 @@ class BackendConfig:
             raise ConfigError(f"student_init={self.student_init!r} needs a teacher to copy layers from")
 
     def distiller_config(self) -> DistillerConfig:
-        """The optimisation part of this config."""
-        return DistillerConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            warmup_ratio=self.warmup_ratio, max_seq_length=self.max_seq_length,
-            pad_to_max_length=self.pad_to_max_length, teacher_source=self.teacher_source,
-            cache_dir=self.cache_dir, device=self.device, bf16=self.bf16, seed=self.seed, progress=self.progress,
-        )
+        """The optimisation part of this config, as a plain :class:`DistillerConfig`."""
+        return DistillerConfig(**{f.name: getattr(self, f.name) for f in fields(DistillerConfig)})
 
 
 def load_task_data(cfg: BackendConfig) -> TaskData:
@@ -250,10 +225,13 @@ def build_distiller(cfg: BackendConfig, task: TaskData | None = None) -> Distill
     return Distiller(task, factory, tokenizer, teachers=teachers, config=cfg.distiller_config())
 
 
-def config_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON/YAML-ready dict of a config dataclass."""
-    d = asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def config_dict(cfg: Any) -> Any:
+    """A JSON/YAML-ready form of a (nested) config dataclass: tuples, nested ones too, become lists."""
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_dict(v) for v in cfg]
+    return cfg
 
 
 __all__ = [

@@ -1,0 +1,36 @@
+"""The flat run config: one definition per optimisation knob, and a YAML round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from kd_backend.distiller import DistillerConfig
+from kd_backend.errors import ConfigError
+from kd_backend.pipeline import BackendConfig, config_dict
+
+
+def test_backend_config_carries_every_distiller_knob():
+    cfg = BackendConfig(lr=5e-4, max_grad_norm=0.5, eval_batch_size=64, layer_map=[(1, 2)], finite_check_every=10)
+    dc = cfg.distiller_config()
+    assert type(dc) is DistillerConfig
+    assert {f.name for f in dataclasses.fields(DistillerConfig)} <= {f.name for f in dataclasses.fields(BackendConfig)}
+    assert (dc.lr, dc.max_grad_norm, dc.eval_batch_size, dc.layer_map, dc.finite_check_every) == (
+        5e-4, 0.5, 64, ((1, 2),), 10,
+    )
+    assert dc.progress is True  # the scripts' default, unlike a bare DistillerConfig's
+
+
+def test_backend_config_validates_inherited_fields():
+    with pytest.raises(ConfigError, match="DistillerConfig.lr"):
+        BackendConfig(lr=-1.0)
+    with pytest.raises(ConfigError, match="student_init"):
+        BackendConfig(student_init="middle")
+
+
+def test_config_dict_is_yaml_safe_and_round_trips():
+    cfg = BackendConfig(teachers=("tiny-1x64", "tiny-2x128"), layer_map=((1, 2), (2, 4)))
+    text = yaml.safe_dump(config_dict(cfg), sort_keys=False)
+    assert BackendConfig(**yaml.safe_load(text)) == cfg
