@@ -87,3 +87,19 @@ def main_score(spec: TaskSpec, metrics: Mapping[str, float]) -> float:
     if missing:
         raise ConfigError(f"main_score for {spec.name} needs metric(s) {missing}; got {sorted(metrics)}")
     return float(np.mean([metrics[m] for m in spec.metrics]))
+
+
+def constant_score(spec: TaskSpec, labels: np.ndarray) -> float:
+    """The best main score a constant predictor gets on ``labels``: the level a model that learned
+    nothing sits at (the majority class's score; 0 for regression, whose correlations are 0 then).
+
+    :param spec: the task.
+    :param labels: gold labels ``(N,)``.
+    """
+    gold = np.asarray(labels)
+    if spec.is_regression or len(gold) == 0:
+        return 0.0
+    return max(
+        main_score(spec, compute_metrics(spec, np.full(len(gold), c, dtype=np.int64), gold))
+        for c in range(spec.num_labels)
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kd_backend.errors import ConfigError
-from kd_backend.metrics import compute_metrics, main_score, predicted_classes
+from kd_backend.metrics import compute_metrics, constant_score, main_score, predicted_classes
 from kd_backend.tasks import TaskSpec, get_task_spec
 
 # gold 1 0 1 1 0 1, predicted 1 0 0 1 1 1  ->  TP=3 FP=1 FN=1 TN=1
@@ -85,3 +85,12 @@ def test_bad_inputs_name_the_problem() -> None:
         compute_metrics(get_task_spec("stsb"), np.zeros((2, 2)), np.array([1.0, 2.0]))
     with pytest.raises(ConfigError, match="f1"):
         main_score(get_task_spec("mrpc"), {"accuracy": 0.5})
+
+
+def test_constant_score_is_the_best_single_class_by_hand() -> None:
+    labels = np.array([1, 1, 0, 1])
+    assert constant_score(get_task_spec("sst2"), labels) == pytest.approx(0.75)
+    # MRPC: all-ones gives F1 = 2*3 / (2*3 + 1) = 6/7 and accuracy 3/4; all-zeros gives F1 0, accuracy 1/4.
+    assert constant_score(get_task_spec("mrpc"), labels) == pytest.approx((6 / 7 + 0.75) / 2)
+    assert constant_score(get_task_spec("cola"), labels) == 0.0  # Matthews of a constant is 0
+    assert constant_score(get_task_spec("stsb"), np.array([0.5, 3.0, 4.2])) == 0.0

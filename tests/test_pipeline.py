@@ -34,3 +34,19 @@ def test_config_dict_is_yaml_safe_and_round_trips():
     cfg = BackendConfig(teachers=("tiny-1x64", "tiny-2x128"), layer_map=((1, 2), (2, 4)))
     text = yaml.safe_dump(config_dict(cfg), sort_keys=False)
     assert BackendConfig(**yaml.safe_load(text)) == cfg
+
+
+def test_fine_tune_warns_when_the_model_learned_nothing(tmp_path, caplog):
+    from kd_backend.data import load_task
+    from kd_backend.models import build_model
+    from kd_backend.pipeline import fine_tune
+    from kd_backend.synthetic import SyntheticConfig
+    from kd_backend.tokenization import train_wordpiece_tokenizer
+
+    task = load_task("synthetic", synthetic=SyntheticConfig(num_train=200, num_dev=60, seed=1))
+    tok = train_wordpiece_tokenizer(task.train.text_a, vocab_size=300)
+    cfg = DistillerConfig(epochs=1, batch_size=16, lr=1e-9, cache_dir=str(tmp_path), device="cpu", warmup_ratio=0.5)
+    with caplog.at_level("WARNING", logger="kd_backend.pipeline"):
+        _, evals = fine_tune(task, lambda s: build_model("tiny-1x64", 2, len(tok), seed=s), tok, cfg, tmp_path / "m")
+    assert "no better than predicting a constant" in caplog.text and "lower the learning rate" in caplog.text
+    assert (tmp_path / "m" / "dynakd_eval.json").exists()
