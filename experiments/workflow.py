@@ -299,7 +299,8 @@ def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | No
     """Flags (and an optional ``--config FILE.yaml``) → a ``cls`` config; flags override the file.
 
     For :class:`LearnConfig`, ``--resume RUN_DIR`` makes ``RUN_DIR/config.yaml`` the base config.
-    Like ``common.parse_args``, with the learn-config sharing of :func:`load_config_file`.
+    Like ``common.parse_args``, with the learn-config sharing of :func:`load_config_file`; booleans
+    are switches there as here (``--overwrite``, ``--no-report-dev``, ``--no-progress``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _flag_value(argv, "--config")
@@ -315,7 +316,7 @@ def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | No
                 raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; is it a run folder of learn_policy.py?")
             path = str(Path(resume) / CONFIG_FILE)
     default = load_config_file(cls, path) if path is not None else cls()
-    return tyro.cli(cls, args=argv, default=default, description=description, config=(tyro.conf.FlagConversionOff,))
+    return tyro.cli(cls, args=argv, default=default, description=description)
 
 
 def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None:

@@ -279,6 +279,17 @@ def test_config_files_missing_or_unknown_keys(tmp_path, tiny_yaml, capsys):
         parse(CompareConfig, "--config", unknown)
 
 
+def test_boolean_flags_are_switches(tiny_yaml):
+    cfg = parse(LearnConfig, "--config", tiny_yaml, "--overwrite", "--no-report-dev", "--no-progress")
+    assert cfg.overwrite and not cfg.env.report_dev and not cfg.env.backend.progress
+    assert parse(LearnConfig, "--config", tiny_yaml, "--report-dev").env.report_dev
+    replay = parse(ReplayConfig, "--config", tiny_yaml, "--schedule", "s.json", "--no-bf16", "--pad-to-max-length")
+    assert not replay.env.backend.bf16 and replay.env.backend.pad_to_max_length
+    assert not parse(CompareConfig, "--config", tiny_yaml, "--no-progress").env.backend.progress
+    with pytest.raises(SystemExit):  # the style of distill.py, train_teachers.py and the benchmarks: no values
+        parse(LearnConfig, "--config", tiny_yaml, "--overwrite", "True")
+
+
 def test_shipped_configs():
     configs = REPO / "experiments" / "configs"
     assert workflow.load_config_file(LearnConfig, configs / "default.yaml") == LearnConfig()  # = no arguments
