@@ -12,10 +12,19 @@ the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/dynakd``:
 * per episode (x = episode): ``episode/final_ctrl_score``, ``episode/final_dev_score``,
   ``episode/compute``, ``episode/return``.
 
-Every ``checkpoint_every`` finished episodes it saves the learner (and an off-policy replay buffer)
-under ``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it; checkpoints fall on
-episode boundaries, so resuming loses no finished episode. :func:`truncate_episodes` drops the lines
-of episodes a resumed run will redo.
+It is also the one place where a learning run is checkpointed. Every ``checkpoint_every``
+finished episodes it saves the learner (and an off-policy replay buffer) under
+``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it, at the first moment the
+learner holds what it learned from those episodes:
+
+* on-policy learners (PPO, A2C) update after a rollout ends, so they are saved when the next
+  rollout starts (after the update), provided no episode is in progress; a checkpoint taken as
+  the episode ends would predate the update, and resuming from it would drop that update;
+* off-policy learners (DQN, SAC) are saved as soon as an episode ends.
+
+Checkpoints fall on episode boundaries, so resuming loses no finished episode;
+``checkpoint_at_end`` adds one when learning ends. :func:`truncate_episodes` drops the lines of
+episodes a resumed run will redo.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any, TextIO
 
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from kd_backend.io import atomic_write_json, atomic_write_text
 
@@ -39,10 +49,14 @@ class EpisodeLogger(BaseCallback):
     """Per-step JSONL + TensorBoard logging and episode-boundary checkpoints for DynaKD learning runs.
 
     :param run_dir: the run's folder.
-    :param checkpoint_every: save a checkpoint every this many finished episodes (0 = never).
+    :param checkpoint_every: save a checkpoint once this many episodes finished since the last one
+        (0 = never): PPO/A2C after the policy update that follows them, DQN/SAC as the episode ends.
     :param tensorboard: also write TensorBoard scalars.
     :param start_episode: number of the first episode (the episodes already finished, when resuming).
     :param save_replay_buffer: with off-policy learners, save the replay buffer with each checkpoint.
+    :param checkpoint_at_end: also save when learning ends, if an episode finished since the last
+        checkpoint (so that a crash after learning resumes without relearning), even with
+        ``checkpoint_every=0``.
     :param verbose: SB3 verbosity.
     """
 
@@ -53,11 +67,13 @@ class EpisodeLogger(BaseCallback):
         tensorboard: bool = True,
         start_episode: int = 0,
         save_replay_buffer: bool = True,
+        checkpoint_at_end: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
         self.run_dir = Path(run_dir)
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_at_end = checkpoint_at_end
         self.tensorboard = tensorboard
         self.episodes = start_episode  # finished episodes
         self._next_episode = start_episode  # number of the next episode to start
@@ -71,6 +87,15 @@ class EpisodeLogger(BaseCallback):
     @property
     def episodes_path(self) -> Path:
         return self.run_dir / EPISODES_FILE
+
+    @property
+    def _between_episodes(self) -> bool:
+        """No env has an episode in progress: a checkpoint now covers exactly ``self.episodes``."""
+        return not self._current
+
+    def _checkpoint_due(self) -> bool:
+        every = self.checkpoint_every
+        return bool(every) and self.episodes - self._checkpointed >= every and self._between_episodes
 
     def _on_training_start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,10 +135,15 @@ class EpisodeLogger(BaseCallback):
             if done:
                 self._finish_episode(i, line)
                 finished = True
-        due = self.checkpoint_every and self.episodes - self._checkpointed >= self.checkpoint_every
-        if finished and due and not self._current:  # only between episodes of every env
+        # Off-policy learners hold what they learned from an episode as it ends (on-policy: below).
+        if finished and not isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
             self.save_checkpoint()
         return True
+
+    def _on_rollout_start(self) -> None:
+        # On-policy learners update between rollouts: the start of the next one is after the update.
+        if isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
+            self.save_checkpoint()
 
     def _write_line(self, line: dict[str, Any]) -> None:
         assert self._file is not None
@@ -166,6 +196,8 @@ class EpisodeLogger(BaseCallback):
         return model_path
 
     def _on_training_end(self) -> None:
+        if self.checkpoint_at_end and self.episodes > self._checkpointed and self._between_episodes:
+            self.save_checkpoint()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -152,7 +152,8 @@ def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tm
     env = make_env(config, distiller)
     length = env.steps_per_episode
     agent = make_agent("ppo", env, n_steps=length, n_epochs=1)
-    logger = EpisodeLogger(tmp_path / "run", checkpoint_every=1)
+    initial = [p.detach().clone() for p in agent.policy.parameters()]
+    logger = EpisodeLogger(tmp_path / "run", checkpoint_every=1, checkpoint_at_end=True)
     agent.learn(total_timesteps=2 * length, callback=logger)
 
     lines = read_episodes(tmp_path / "run" / "episodes.jsonl")
@@ -173,7 +174,11 @@ def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tm
     devs = [e.value for e in acc.Scalars("episode/final_dev_score")]
     assert devs == pytest.approx([x["dev_score"] for x in lines if x["done"]])
 
-    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    # PPO: the checkpoint after episode 0 is taken after the update that learned from it, not before.
+    first = load_agent(tmp_path / "run" / "checkpoints" / "episode-00001.zip", env)
+    assert first.num_timesteps == length
+    assert any(not np.array_equal(a.detach().numpy(), b.numpy()) for a, b in zip(first.policy.parameters(), initial))
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())  # at the end
     assert latest["episodes"] == 2 and (tmp_path / "run" / "checkpoints" / latest["model"]).exists()
     assert load_agent(tmp_path / "run" / "checkpoints" / latest["model"], env).num_timesteps == 2 * length
 
@@ -183,3 +188,16 @@ def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tm
     agent.learn(total_timesteps=length, callback=resumed, reset_num_timesteps=False)
     episodes = [x["episode"] for x in read_episodes(tmp_path / "run" / "episodes.jsonl")]
     assert episodes == [0] * length + [1] * length
+
+
+def test_off_policy_checkpoints_as_episodes_end(config, distiller, tmp_path):
+    env = make_env(config, distiller)
+    length = env.steps_per_episode
+    agent = make_agent("dqn", env, learning_starts=length)
+    agent.learn(total_timesteps=2 * length, callback=EpisodeLogger(tmp_path / "run", checkpoint_every=1))
+    folder = tmp_path / "run" / "checkpoints"
+    latest = json.loads((folder / "latest.json").read_text())
+    assert latest == {"episodes": 2, "num_timesteps": 2 * length, "model": "episode-00002.zip",
+                      "replay_buffer": "episode-00002-replay.pkl"}
+    first = load_agent(folder / "episode-00001.zip", env)
+    assert first.num_timesteps == length and (folder / "episode-00001-replay.pkl").exists()
