@@ -3,19 +3,36 @@
 :class:`EpisodeLogger` writes, for every env step during SB3 learning, one JSON line (the applied
 plan, the epoch stats, ctrl evaluation, reward, compute; on the last step of an episode also the
 final ctrl and dev scores) to ``<run_dir>/episodes.jsonl`` — append-only and flushed per line — and
-the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/dynakd``:
+the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/``:
 
-* per step (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``,
+* per step, in ``dynakd/`` (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``,
   ``plan/fraction``, ``plan/ce_weight``, ``plan/kd_weight``, ``plan/hidden_weight``,
   ``plan/teacher_weight/t<k>_<teacher>`` (the weight teacher k actually received),
   ``plan/kd_instance_weight``, ``plan/hidden_instance_weight``;
-* per episode (x = episode): ``episode/final_ctrl_score``, ``episode/final_dev_score``,
-  ``episode/compute``, ``episode/return``.
+* per episode, in ``dynakd_episodes/`` (x = episode): ``episode/final_ctrl_score``,
+  ``episode/final_dev_score``, ``episode/compute``, ``episode/return``.
 
-Every ``checkpoint_every`` finished episodes it saves the learner (and an off-policy replay buffer)
-under ``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it; checkpoints fall on
-episode boundaries, so resuming loses no finished episode. :func:`truncate_episodes` drops the lines
-of episodes a resumed run will redo.
+A learner that continues from a checkpoint at timestep T (``reset_num_timesteps=False``) redoes
+the steps after it, while the events an interrupted run wrote for them stay in its event files.
+So that TensorBoard shows each step once, every writer opens with ``purge_step`` at the point it
+restarts from (TensorBoard then drops the earlier events at or after it): timestep T + 1 for
+``dynakd/`` and for SB3's own folder (``<tb_log_name>_<n>``, which SB3 continues but does not
+purge), episode ``start_episode`` for ``dynakd_episodes/``. The two x-axes are why per-episode
+scalars have a folder of their own: a purge drops every tag of a folder from one step on.
+
+It is also the one place where a learning run is checkpointed. Every ``checkpoint_every``
+finished episodes it saves the learner (and an off-policy replay buffer) under
+``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it, at the first moment the
+learner holds what it learned from those episodes:
+
+* on-policy learners (PPO, A2C) update after a rollout ends, so they are saved when the next
+  rollout starts (after the update), provided no episode is in progress; a checkpoint taken as
+  the episode ends would predate the update, and resuming from it would drop that update;
+* off-policy learners (DQN, SAC) are saved as soon as an episode ends.
+
+Checkpoints fall on episode boundaries, so resuming loses no finished episode;
+``checkpoint_at_end`` adds one when learning ends. :func:`truncate_episodes` drops the lines of
+episodes a resumed run will redo.
 """
 
 from __future__ import annotations
@@ -26,23 +43,49 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from kd_backend.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.jsonl"
+STEP_SCALARS = "dynakd"
+"""Folder under ``<run_dir>/tensorboard/`` of the per-step scalars (x = timesteps)."""
+EPISODE_SCALARS = "dynakd_episodes"
+"""Folder under ``<run_dir>/tensorboard/`` of the per-episode scalars (x = episode)."""
+
+
+def _purge_sb3_tensorboard(sb3_logger: Logger, step: int) -> None:
+    """Reopen SB3's TensorBoard writer with ``purge_step=step``, so that TensorBoard drops the SB3
+    events at ``step`` and later that an interrupted run left in the folder SB3 continues.
+
+    The writer SB3 opened is closed first; its event file keeps only a header.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    for output in sb3_logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            log_dir = output.writer.get_logdir()
+            output.writer.close()
+            output.writer = SummaryWriter(log_dir, purge_step=step)
 
 
 class EpisodeLogger(BaseCallback):
     """Per-step JSONL + TensorBoard logging and episode-boundary checkpoints for DynaKD learning runs.
 
     :param run_dir: the run's folder.
-    :param checkpoint_every: save a checkpoint every this many finished episodes (0 = never).
-    :param tensorboard: also write TensorBoard scalars.
+    :param checkpoint_every: save a checkpoint once this many episodes finished since the last one
+        (0 = never): PPO/A2C after the policy update that follows them, DQN/SAC as the episode ends.
+    :param tensorboard: also write TensorBoard scalars (SB3's own events are purged on continuing
+        either way).
     :param start_episode: number of the first episode (the episodes already finished, when resuming).
     :param save_replay_buffer: with off-policy learners, save the replay buffer with each checkpoint.
+    :param checkpoint_at_end: also save when learning ends, if an episode finished since the last
+        checkpoint (so that a crash after learning resumes without relearning), even with
+        ``checkpoint_every=0``.
     :param verbose: SB3 verbosity.
     """
 
@@ -53,17 +96,20 @@ class EpisodeLogger(BaseCallback):
         tensorboard: bool = True,
         start_episode: int = 0,
         save_replay_buffer: bool = True,
+        checkpoint_at_end: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
         self.run_dir = Path(run_dir)
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_at_end = checkpoint_at_end
         self.tensorboard = tensorboard
         self.episodes = start_episode  # finished episodes
         self._next_episode = start_episode  # number of the next episode to start
         self.save_replay = save_replay_buffer
         self._file: TextIO | None = None
-        self._writer: Any = None
+        self._writer: Any = None  # per-step scalars
+        self._episode_writer: Any = None
         self._current: dict[int, int] = {}  # env index -> episode number in progress
         self._returns: dict[int, float] = {}
         self._checkpointed = start_episode
@@ -72,13 +118,29 @@ class EpisodeLogger(BaseCallback):
     def episodes_path(self) -> Path:
         return self.run_dir / EPISODES_FILE
 
+    @property
+    def _between_episodes(self) -> bool:
+        """No env has an episode in progress: a checkpoint now covers exactly ``self.episodes``."""
+        return not self._current
+
+    def _checkpoint_due(self) -> bool:
+        every = self.checkpoint_every
+        return bool(every) and self.episodes - self._checkpointed >= every and self._between_episodes
+
     def _on_training_start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = self.episodes_path.open("a")
+        # The steps this learn() call logs start after the learner's timesteps (a checkpoint's, when
+        # resuming) and at episode self.episodes: events of earlier runs from there on are stale.
+        start = self.model.num_timesteps
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard" / "dynakd"))
+            folder = self.run_dir / "tensorboard"
+            self._writer = SummaryWriter(str(folder / STEP_SCALARS), purge_step=start + 1)
+            self._episode_writer = SummaryWriter(str(folder / EPISODE_SCALARS), purge_step=self.episodes)
+        if start > 0:
+            _purge_sb3_tensorboard(self.model.logger, start + 1)
         self._current.clear()  # a new learn() call starts numbering after the finished episodes
         self._returns.clear()
         self._next_episode = self.episodes
@@ -110,10 +172,15 @@ class EpisodeLogger(BaseCallback):
             if done:
                 self._finish_episode(i, line)
                 finished = True
-        due = self.checkpoint_every and self.episodes - self._checkpointed >= self.checkpoint_every
-        if finished and due and not self._current:  # only between episodes of every env
+        # Off-policy learners hold what they learned from an episode as it ends (on-policy: below).
+        if finished and not isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
             self.save_checkpoint()
         return True
+
+    def _on_rollout_start(self) -> None:
+        # On-policy learners update between rollouts: the start of the next one is after the update.
+        if isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
+            self.save_checkpoint()
 
     def _write_line(self, line: dict[str, Any]) -> None:
         assert self._file is not None
@@ -138,13 +205,14 @@ class EpisodeLogger(BaseCallback):
     def _finish_episode(self, i: int, line: dict[str, Any]) -> None:
         episode = self._current.pop(i)
         self.episodes += 1
-        if self._writer is not None:
+        if self._episode_writer is not None:
             for tag, value in (
                 ("episode/final_ctrl_score", line["final_ctrl_score"]), ("episode/final_dev_score", line["dev_score"]),
                 ("episode/compute", line["compute_total"]), ("episode/return", line["episode_return"]),
             ):
                 if value is not None:
-                    self._writer.add_scalar(tag, value, episode)
+                    self._episode_writer.add_scalar(tag, value, episode)
+            self._episode_writer.flush()
             self._writer.flush()
 
     def save_checkpoint(self) -> Path:
@@ -166,12 +234,15 @@ class EpisodeLogger(BaseCallback):
         return model_path
 
     def _on_training_end(self) -> None:
+        if self.checkpoint_at_end and self.episodes > self._checkpointed and self._between_episodes:
+            self.save_checkpoint()
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for writer in (self._writer, self._episode_writer):
+            if writer is not None:
+                writer.close()
+        self._writer = self._episode_writer = None
 
 
 def read_episodes(path: str | Path) -> list[dict[str, Any]]:

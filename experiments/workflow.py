@@ -37,7 +37,6 @@ import tyro
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from common import overlay_config  # common puts the repo root on sys.path for the imports below
 from common import save_yaml, setup_logging
@@ -135,7 +134,8 @@ class LearnConfig:
     ``paper-objective`` / ``paper-combined`` (Li et al.'s heuristics), ``random``, a policy ``.zip``
     or a schedule ``.json``."""
     checkpoint_every: int = 4
-    """Save a checkpoint every this many finished episodes (what ``--resume`` continues from)."""
+    """Save a checkpoint every this many finished episodes (what ``--resume`` continues from); PPO and
+    A2C save after the policy update that learns from them."""
     resume: str | None = None
     """A run folder to continue from its last checkpoint; its ``config.yaml`` is the base config
     (flags still override it, e.g. a larger ``--total-episodes``)."""
@@ -299,7 +299,8 @@ def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | No
     """Flags (and an optional ``--config FILE.yaml``) → a ``cls`` config; flags override the file.
 
     For :class:`LearnConfig`, ``--resume RUN_DIR`` makes ``RUN_DIR/config.yaml`` the base config.
-    Like ``common.parse_args``, with the learn-config sharing of :func:`load_config_file`.
+    Like ``common.parse_args``, with the learn-config sharing of :func:`load_config_file`; booleans
+    are switches there as here (``--overwrite``, ``--no-report-dev``, ``--no-progress``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _flag_value(argv, "--config")
@@ -315,7 +316,7 @@ def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | No
                 raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; is it a run folder of learn_policy.py?")
             path = str(Path(resume) / CONFIG_FILE)
     default = load_config_file(cls, path) if path is not None else cls()
-    return tyro.cli(cls, args=argv, default=default, description=description, config=(tyro.conf.FlagConversionOff,))
+    return tyro.cli(cls, args=argv, default=default, description=description)
 
 
 def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None:
@@ -647,54 +648,22 @@ class EpisodeProgress(BaseCallback):
             self.bar.close()
 
 
-class CheckpointAfterUpdate(BaseCallback):
-    """Checkpoints of on-policy learners (PPO, A2C), taken after each policy update.
-
-    :class:`agents.EpisodeLogger` checkpoints as soon as an episode ends, which for an on-policy
-    learner is before the update that learns from the rollout: resuming from there would drop that
-    update. Rollouts here are whole episodes, so the start of the next rollout is both after the
-    update and on an episode boundary.
-
-    :param episodes: the run's episode logger (it counts episodes and writes the checkpoint).
-    :param every: checkpoint once at least this many episodes finished since the last one.
-    :param episode_length: decisions per episode (to check that a rollout ended on an episode boundary).
-    """
-
-    def __init__(self, episodes: EpisodeLogger, every: int, episode_length: int) -> None:
-        super().__init__()
-        self.episodes, self.every, self.length = episodes, every, episode_length
-        self.last = episodes.episodes
-
-    def _on_rollout_start(self) -> None:
-        boundary = self.model.num_timesteps % self.length == 0
-        if boundary and self.episodes.episodes - self.last >= self.every:
-            self.episodes.save_checkpoint()
-            self.last = self.episodes.episodes
-
-    def _on_step(self) -> bool:
-        return True
-
-
 def learn(agent: BaseAlgorithm, config: LearnConfig, run_dir: Path, done: int, show_progress: bool) -> int:
     """Learn until ``config.total_episodes`` episodes are finished, logging every step to
-    ``episodes.jsonl`` and TensorBoard, checkpointing as configured and once more at the end.
+    ``episodes.jsonl`` and TensorBoard, checkpointing as configured and once more at the end (so
+    that a crash during evaluation resumes without relearning); :class:`agents.EpisodeLogger`
+    does both.
 
     :return: episodes finished.
     """
-    length = config.env.steps_per_episode
     remaining = config.total_episodes - done
     if remaining <= 0:
         return done
-    on_policy = isinstance(agent, OnPolicyAlgorithm)
-    episodes = EpisodeLogger(run_dir, checkpoint_every=0 if on_policy else config.checkpoint_every,
-                             start_episode=done)
-    callbacks: list[BaseCallback] = [episodes, EpisodeProgress(config.total_episodes, done, show=show_progress)]
-    if on_policy and config.checkpoint_every:
-        callbacks.append(CheckpointAfterUpdate(episodes, config.checkpoint_every, length))
-    agent.learn(total_timesteps=remaining * length, callback=callbacks, tb_log_name="sb3",
-                reset_num_timesteps=done == 0)
-    if episodes.episodes > (latest_checkpoint(run_dir) or {}).get("episodes", -1):
-        episodes.save_checkpoint()  # a crash during evaluation then resumes without relearning
+    episodes = EpisodeLogger(run_dir, checkpoint_every=config.checkpoint_every, start_episode=done,
+                             checkpoint_at_end=True)
+    progress = EpisodeProgress(config.total_episodes, done, show=show_progress)
+    agent.learn(total_timesteps=remaining * config.env.steps_per_episode, callback=[episodes, progress],
+                tb_log_name="sb3", reset_num_timesteps=done == 0)
     return episodes.episodes
 
 

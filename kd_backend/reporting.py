@@ -37,12 +37,16 @@ def log_epoch_scalars(writer: Any, step: int, stats: EpochStats, evals: Mapping[
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalars under ``logdir`` as ``{tag: [(step, value), ...]}`` (for tests and reports)."""
+    """All scalars under ``logdir`` as ``{tag: [(step, value), ...]}`` (for tests and reports).
+
+    Each folder holding event files is read once, as TensorBoard reads a run: its files in name
+    order, with the events a later writer purged (``SummaryWriter(purge_step=...)``) left out.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+    for run in sorted({events.parent for events in Path(logdir).rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ from agents import (
     EpisodeLogger, PaperHeuristic, RandomController, ScheduleController, StaticController, evaluate_controller,
     load_agent, make_agent, read_episodes, truncate_episodes,
 )
+from agents.callbacks import EPISODE_SCALARS, STEP_SCALARS
 from envs import DistillationEnv, tiny_config
 from kd_backend.errors import ConfigError
 from kd_backend.pipeline import build_distiller
 from kd_backend.plan import EpochPlan
+from kd_backend.reporting import read_scalars
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +150,11 @@ def test_malformed_schedules_are_rejected(config, distiller, tmp_path, monkeypat
 
 
 def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     env = make_env(config, distiller)
     length = env.steps_per_episode
     agent = make_agent("ppo", env, n_steps=length, n_epochs=1)
-    logger = EpisodeLogger(tmp_path / "run", checkpoint_every=1)
+    initial = [p.detach().clone() for p in agent.policy.parameters()]
+    logger = EpisodeLogger(tmp_path / "run", checkpoint_every=1, checkpoint_at_end=True)
     agent.learn(total_timesteps=2 * length, callback=logger)
 
     lines = read_episodes(tmp_path / "run" / "episodes.jsonl")
@@ -162,18 +164,22 @@ def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tm
     assert last["done"] and last["dev_score"] is not None and "final_ctrl_score" in last
     assert EpochPlan.from_dict(last["plan"]) and last["stats"]["steps"] > 0
 
-    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "dynakd"))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
+    steps = read_scalars(tmp_path / "run" / "tensorboard" / STEP_SCALARS)
     for tag in ("step/reward", "plan/fraction", "plan/kd_weight", "plan/hidden_weight",
-                *(f"plan/teacher_weight/t{k}_{n}" for k, n in enumerate(env.teacher_names)),
-                "episode/final_ctrl_score", "episode/final_dev_score", "episode/compute"):
-        assert tag in tags, tag
-    assert len(acc.Scalars("step/reward")) == 2 * length
-    devs = [e.value for e in acc.Scalars("episode/final_dev_score")]
-    assert devs == pytest.approx([x["dev_score"] for x in lines if x["done"]])
+                *(f"plan/teacher_weight/t{k}_{n}" for k, n in enumerate(env.teacher_names))):
+        assert tag in steps, tag
+    assert [t for t, _ in steps["step/reward"]] == list(range(1, 2 * length + 1))
+    per_episode = read_scalars(tmp_path / "run" / "tensorboard" / EPISODE_SCALARS)
+    assert set(per_episode) == {"episode/final_ctrl_score", "episode/final_dev_score", "episode/compute",
+                                "episode/return"}
+    devs = [(t, v) for t, v in per_episode["episode/final_dev_score"]]
+    assert devs == [(e, pytest.approx(x["dev_score"])) for e, x in enumerate(x for x in lines if x["done"])]
 
-    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    # PPO: the checkpoint after episode 0 is taken after the update that learned from it, not before.
+    first = load_agent(tmp_path / "run" / "checkpoints" / "episode-00001.zip", env)
+    assert first.num_timesteps == length
+    assert any(not np.array_equal(a.detach().numpy(), b.numpy()) for a, b in zip(first.policy.parameters(), initial))
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())  # at the end
     assert latest["episodes"] == 2 and (tmp_path / "run" / "checkpoints" / latest["model"]).exists()
     assert load_agent(tmp_path / "run" / "checkpoints" / latest["model"], env).num_timesteps == 2 * length
 
@@ -183,3 +189,50 @@ def test_callback_writes_jsonl_tensorboard_and_checkpoints(config, distiller, tm
     agent.learn(total_timesteps=length, callback=resumed, reset_num_timesteps=False)
     episodes = [x["episode"] for x in read_episodes(tmp_path / "run" / "episodes.jsonl")]
     assert episodes == [0] * length + [1] * length
+
+
+def test_off_policy_checkpoints_as_episodes_end(config, distiller, tmp_path):
+    env = make_env(config, distiller)
+    length = env.steps_per_episode
+    agent = make_agent("dqn", env, learning_starts=length)
+    agent.learn(total_timesteps=2 * length, callback=EpisodeLogger(tmp_path / "run", checkpoint_every=1))
+    folder = tmp_path / "run" / "checkpoints"
+    latest = json.loads((folder / "latest.json").read_text())
+    assert latest == {"episodes": 2, "num_timesteps": 2 * length, "model": "episode-00002.zip",
+                      "replay_buffer": "episode-00002-replay.pkl"}
+    first = load_agent(folder / "episode-00001.zip", env)
+    assert first.num_timesteps == length and (folder / "episode-00001-replay.pkl").exists()
+
+
+def test_resuming_from_a_checkpoint_shows_each_step_once_in_tensorboard(config, distiller, tmp_path):
+    """Episode 2 is logged, then redone from the checkpoint taken before it (as after a kill):
+    TensorBoard keeps the redone events only, in DynaKD's scalars and in SB3's own."""
+    env = make_env(config, distiller)
+    length = env.steps_per_episode
+    run, tb = tmp_path / "run", tmp_path / "run" / "tensorboard"
+    agent = make_agent("ppo", env, n_steps=length, n_epochs=1, tensorboard_log=tb)
+    agent.learn(total_timesteps=3 * length, callback=EpisodeLogger(run, checkpoint_every=1), tb_log_name="sb3")
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["episodes"] == 2 and latest["num_timesteps"] == 2 * length  # PPO: episode 2 awaits its update
+    assert max(t for t, _ in read_scalars(tb)["time/fps"]) == 3 * length
+
+    time.sleep(1.1)  # TensorBoard reads a folder's event files in name order, which starts with the second
+    truncate_episodes(run / "episodes.jsonl", 2)
+    resumed = load_agent(run / "checkpoints" / latest["model"], env)
+    resumed.tensorboard_log = str(tb)
+    resumed.learn(total_timesteps=length, callback=EpisodeLogger(run, checkpoint_every=1, start_episode=2),
+                  tb_log_name="sb3", reset_num_timesteps=False)
+
+    scalars = read_scalars(tb)
+    assert {"step/reward", "episode/return", "time/fps", "train/value_loss"} <= set(scalars)
+    for tag, points in scalars.items():
+        steps = [t for t, _ in points]
+        assert len(steps) == len(set(steps)), f"{tag} repeats steps {sorted(steps)}"
+    assert [t for t, _ in scalars["step/reward"]] == list(range(1, 3 * length + 1))
+    assert [t for t, _ in scalars["time/fps"]] == [length, 2 * length, 3 * length]
+    lines = read_episodes(run / "episodes.jsonl")
+    assert [(x["episode"], x["step"]) for x in lines] == [(e, s) for e in range(3) for s in range(1, length + 1)]
+    rewards = {x["timestep"]: x["reward"] for x in lines}  # the redone steps' values, not the stale ones
+    assert scalars["step/reward"] == [(t, pytest.approx(rewards[t])) for t in range(1, 3 * length + 1)]
+    returns = [x["episode_return"] for x in lines if x["done"]]
+    assert scalars["episode/return"] == [(e, pytest.approx(r)) for e, r in enumerate(returns)]

@@ -197,6 +197,13 @@ def test_resume_after_kill_neither_loses_nor_repeats_episodes(tiny_yaml, tmp_pat
     assert keys == [(e, s) for e in range(total) for s in range(1, STEPS + 1)]
     assert [line["seed"] for line in lines if line["done"]] == list(range(total))
     assert [line["timestep"] for line in lines] == list(range(1, total * STEPS + 1))
+    scalars = read_scalars(run / "tensorboard")  # the redone steps replaced the killed run's events
+    for tag, points in scalars.items():
+        steps = [t for t, _ in points]
+        assert len(steps) == len(set(steps)), f"TensorBoard {tag} repeats steps {sorted(steps)}"
+    assert [t for t, _ in scalars["step/reward"]] == list(range(1, total * STEPS + 1))
+    dev = [line["dev_score"] for line in lines if line["done"]]
+    assert scalars["episode/final_dev_score"] == [(e, pytest.approx(d, abs=1e-6)) for e, d in enumerate(dev)]
     policy = workflow.load_policy(run / "policy.zip", workflow.expected_spaces(tiny_config()))
     assert policy.num_timesteps == total * STEPS
     assert (run / "comparison.csv").exists() and (run / "best_schedule.json").exists()
@@ -277,6 +284,17 @@ def test_config_files_missing_or_unknown_keys(tmp_path, tiny_yaml, capsys):
     assert replay.env.backend.seed == 4 and replay.env.backend.synthetic_train == 600
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['teacher_count'\]"):
         parse(CompareConfig, "--config", unknown)
+
+
+def test_boolean_flags_are_switches(tiny_yaml):
+    cfg = parse(LearnConfig, "--config", tiny_yaml, "--overwrite", "--no-report-dev", "--no-progress")
+    assert cfg.overwrite and not cfg.env.report_dev and not cfg.env.backend.progress
+    assert parse(LearnConfig, "--config", tiny_yaml, "--report-dev").env.report_dev
+    replay = parse(ReplayConfig, "--config", tiny_yaml, "--schedule", "s.json", "--no-bf16", "--pad-to-max-length")
+    assert not replay.env.backend.bf16 and replay.env.backend.pad_to_max_length
+    assert not parse(CompareConfig, "--config", tiny_yaml, "--no-progress").env.backend.progress
+    with pytest.raises(SystemExit):  # the style of distill.py, train_teachers.py and the benchmarks: no values
+        parse(LearnConfig, "--config", tiny_yaml, "--overwrite", "True")
 
 
 def test_shipped_configs():
