@@ -1,7 +1,7 @@
 """Fine-tune a model on a task's gold labels: a teacher, or the no-KD student baseline.
 
     python experiments/train_teachers.py --task glue/sst2 --data-dir ../shared/data/glue \
-        --preset tiny-4x256 --epochs 3 --out runs/teachers/sst2-4x256
+        --preset tiny-4x256 --epochs 3 --lr 5e-4 --out runs/teachers/sst2-4x256
 
 ``--preset`` builds a model from a config (with a WordPiece tokenizer trained on the task);
 ``--model`` starts from a checkpoint folder or hub id. Writes ``OUT/`` (``save_pretrained``) and

@@ -51,7 +51,7 @@ from kd_backend.data import load_task
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
 from kd_backend.models import PRESETS
-from kd_backend.pipeline import BackendConfig, build_distiller
+from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
 from kd_backend.tasks import get_task_spec
 
@@ -333,18 +333,9 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None
         raise SystemExit(f"error: {e}") from None
 
 
-def config_to_dict(config: Any) -> Any:
-    """A YAML/JSON-ready form of a (nested) config dataclass: tuples become lists."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, (list, tuple)):
-        return [config_to_dict(v) for v in config]
-    return config
-
-
 def save_config(path: str | Path, config: Any) -> None:
     """Write the resolved config (``--config`` of any script reads it back)."""
-    save_yaml(path, config_to_dict(config))
+    save_yaml(path, config_dict(config))
 
 
 # ---------------------------------------------------------------------------------------------- set-up
