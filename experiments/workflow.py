@@ -157,6 +157,16 @@ class LearnConfig:
         _positive(owner, "threads", self.threads, allow_none=True)
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be a finite number > 0 or None")
+        if self.algo in ("ppo", "a2c"):
+            per_update = self.rollout_episodes or {"ppo": 4, "a2c": 1}[self.algo]  # agents.factory's defaults
+            if self.total_episodes % per_update:
+                lower, upper = self.total_episodes - self.total_episodes % per_update, -(-self.total_episodes // per_update) * per_update
+                hint = f"{lower} or {upper}" if lower else str(upper)
+                raise ConfigError(
+                    f"{owner}.total_episodes={self.total_episodes} is not a multiple of the {per_update} episodes "
+                    f"{self.algo.upper()} learns from per update (rollout_episodes): the last "
+                    f"{self.total_episodes % per_update} would run without being learned from; use --total-episodes {hint}"
+                )
         object.__setattr__(self, "eval_seeds", _seeds(owner, "eval_seeds", self.eval_seeds))
         object.__setattr__(self, "baselines", tuple(self.baselines))
         first = self.env.backend.seed
@@ -598,8 +608,8 @@ class EpisodeProgress(BaseCallback):
     """A progress bar over learning episodes that also ends learning after ``total`` episodes.
 
     SB3 learns in whole rollouts and would run past the episode budget when it is not a multiple
-    of the rollout; the surplus is cut at the budget (only an on-policy learner's last, partial
-    rollout goes unused). A rollout that ends exactly at the budget still gets its update.
+    of the rollout; :class:`LearnConfig` refuses such a budget for PPO/A2C, so the cut only stops
+    off-policy learners. A rollout that ends exactly at the budget still gets its update.
 
     :param total: episodes to learn in all.
     :param done: episodes already finished (a resumed run).

@@ -240,6 +240,17 @@ def test_mismatched_policy_is_refused_before_any_work(learned, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_on_policy_budget_must_fill_whole_rollouts():
+    # PPO learns from rollouts of rollout_episodes whole episodes: a remainder would never be learned from.
+    LearnConfig = workflow.LearnConfig
+    with pytest.raises(ConfigError, match=r"total_episodes=7 is not a multiple of the 2 episodes PPO.*--total-episodes 6 or 8"):
+        LearnConfig(total_episodes=7, rollout_episodes=2)
+    with pytest.raises(ConfigError, match=r"the 4 episodes PPO.*--total-episodes 4$"):
+        LearnConfig(total_episodes=3, rollout_episodes=None)  # agents.factory's PPO default: 4 per update
+    assert LearnConfig(total_episodes=7, rollout_episodes=3, algo="dqn").total_episodes == 7  # off-policy: any budget
+    assert LearnConfig(total_episodes=6, rollout_episodes=3, algo="a2c").total_episodes == 6
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
