@@ -422,15 +422,17 @@ class Distiller:
             scores[:] = torch.rand(len(pool), generator=self.torch_gen).numpy()
             return scores
         self.student.eval()
+        on_device = torch.empty(len(pool), dtype=torch.float32, device=self.device)  # one copy back, not one per batch
         for b in length_grouped_batches(enc.lengths[pool], self.config.eval_batch_size, rng=None):
             idx = pool[b]
             batch = move_batch(enc.collate(idx, self._pad_to), self.device)
             with self._autocast(self._score_dtype):
                 logits, _ = forward_logits_cls(self.student, batch)
-            scores[b] = uncertainty_scores(logits.float(), rule).cpu().numpy()
+            on_device[torch.from_numpy(b).to(self.device)] = uncertainty_scores(logits.float(), rule)
             real, padded = enc.num_tokens(idx, self._pad_to)
             acc.student_flops += forward_flops(self.student, padded, len(idx), padded / len(idx))
         acc.examples_scored += len(pool)
+        scores[:] = on_device.cpu().numpy()
         return scores
 
     def _train_step(self, plan: EpochPlan, idx: np.ndarray, acc: _Accumulator) -> None:
