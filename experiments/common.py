@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -42,6 +43,28 @@ def overlay_config(cls: type[T], data: dict[str, Any], where: str, base: Any = N
         else:
             changes[name] = value
     return dataclasses.replace(base, **changes)
+
+
+def hide_fields(cls: type[T], names: typing.Iterable[str]) -> type[T]:
+    """A subclass of config dataclass ``cls`` whose fields ``names`` keep their defaults but are no flags.
+
+    A script that uses only part of a shared config shows only the flags it reads (``--help`` must
+    not list a flag that does nothing).
+    """
+    import tyro
+
+    names = set(names)
+    hints = typing.get_type_hints(cls)
+    unknown = names - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"hide_fields: {cls.__name__} has no field(s) {sorted(unknown)}")
+    hidden = [
+        (f.name, typing.Annotated[hints[f.name], tyro.conf.Suppress], dataclasses.field(default=f.default))
+        for f in dataclasses.fields(cls) if f.name in names
+    ]
+    return dataclasses.make_dataclass(
+        cls.__name__, hidden, bases=(cls,), frozen=True, namespace={"__doc__": cls.__doc__, "__module__": cls.__module__}
+    )
 
 
 def load_config(cls: type[T], path: str | Path, required: tuple[str, ...] = ()) -> T:

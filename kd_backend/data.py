@@ -521,6 +521,57 @@ def _subset(split: TextSplit, limit: int | None, rng: np.random.Generator) -> Te
     return split.select(np.sort(rng.choice(len(split), size=limit, replace=False)))
 
 
+CTRL_RULES = ("dev-length", "random")
+"""How the ``ctrl`` split is drawn from the training data (see :func:`select_ctrl`)."""
+CTRL_LENGTH_BINS = 10
+
+
+def text_lengths(split: TextSplit) -> np.ndarray:
+    """Words per instance (whitespace-separated, both texts of a pair summed), shape ``(N,)``."""
+    lengths = np.array([len(t.split()) for t in split.text_a], dtype=np.int64)
+    if split.text_b is not None:
+        lengths += np.array([len(t.split()) for t in split.text_b], dtype=np.int64)
+    return lengths
+
+
+def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of the ``size`` training rows that become the ``ctrl`` split.
+
+    ``ctrl`` is what a controller optimises, so it must behave like the evaluation data. ``random``
+    draws uniformly; ``dev-length`` (the default) draws without replacement with probabilities that
+    give ``ctrl`` dev's distribution of lengths (words per instance, in up to
+    :data:`CTRL_LENGTH_BINS` quantile bins of dev): each row weighs ``P_dev(bin) / P_train(bin)``.
+    Where train and dev come from one distribution (the synthetic task, a dev carved from a file)
+    this is a uniform draw; on SST-2, whose train file holds short phrases as well as the whole
+    sentences that make up dev (dev averages 19 words, train 9), it keeps ctrl to sentence-like
+    lengths. If too few rows have dev-like lengths, all of them are taken and the rest drawn at random.
+
+    :param train: the training rows before the hold-out.
+    :param dev: the evaluation rows whose length distribution ``ctrl`` should follow.
+    :param size: rows to hold out, ``1 <= size < len(train)``.
+    :param rule: one of :data:`CTRL_RULES`.
+    :param rng: seeded generator (the selection is deterministic for a seed).
+    """
+    n = len(train)
+    if rule == "random" or len(dev) == 0:
+        return np.sort(rng.permutation(n)[:size])
+    if rule != "dev-length":
+        raise ConfigError(f"ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
+    train_len, dev_len = text_lengths(train), text_lengths(dev)
+    edges = np.unique(np.quantile(dev_len, np.linspace(0, 1, CTRL_LENGTH_BINS + 1)[1:-1]))
+    train_bin, dev_bin = np.searchsorted(edges, train_len, side="right"), np.searchsorted(edges, dev_len, side="right")
+    bins = len(edges) + 1
+    p_dev = np.bincount(dev_bin, minlength=bins) / len(dev_len)
+    p_train = np.bincount(train_bin, minlength=bins) / n
+    weight = np.where(p_train[train_bin] > 0, p_dev[train_bin] / np.maximum(p_train[train_bin], 1e-12), 0.0)
+    positive = int(np.count_nonzero(weight))
+    if positive <= size:
+        chosen = np.flatnonzero(weight)
+        others = rng.permutation(np.flatnonzero(weight == 0))[: size - positive]
+        return np.sort(np.concatenate([chosen, others]))
+    return np.sort(rng.choice(n, size=size, replace=False, p=weight / weight.sum()))
+
+
 def _check_options(
     ctrl_fraction: float, ctrl_max: int, seed: int, train_limit: int | None, dev_limit: int | None
 ) -> None:
@@ -549,6 +600,7 @@ def load_task(
     dev_file: str | Path | None = None,
     text_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
+    ctrl_rule: str = "dev-length",
 ) -> TaskData:
     """Load a task's train, ctrl and dev splits, deterministically for a seed.
 
@@ -571,11 +623,15 @@ def load_task(
         :data:`TEXT_COLUMN_CANDIDATES` present (``sentence1``+``sentence2``, ..., ``sentence``, ``text``).
     :param label_column: custom files' label column (default ``label``). Integer or string labels
         make classes (sorted; ids follow that order); non-integral numbers make a regression task.
+    :param ctrl_rule: how ``ctrl`` is drawn from train (see :func:`select_ctrl`): ``dev-length``
+        (default: the same length distribution as dev) or ``random``.
     :raises UnknownTaskError: for an unknown task name.
     :raises DataError: for a missing folder, file or column, or a label that cannot be parsed.
     :raises ConfigError: for invalid options or options that do not fit the task.
     """
     _check_options(ctrl_fraction, ctrl_max, seed, train_limit, dev_limit)
+    if ctrl_rule not in CTRL_RULES:
+        raise ConfigError(f"ctrl_rule={ctrl_rule!r} must be one of {list(CTRL_RULES)}")
     name = str(task).strip()
     key = glue_key(name)
     is_custom = train_file is not None or name.lower() == "custom" or Path(name).suffix.lower() in CUSTOM_SUFFIXES
@@ -611,9 +667,10 @@ def load_task(
     if n < 2:
         raise DataError(f"{spec.name} has {n} training row(s); at least 2 are needed to hold out ctrl")
     n_ctrl = min(max(1, round(ctrl_fraction * n)), ctrl_max, n - 1)
-    perm = np.random.default_rng([seed, 0]).permutation(n)
-    ctrl = train.select(np.sort(perm[:n_ctrl]))
-    train = train.select(np.sort(perm[n_ctrl:]))
+    chosen = select_ctrl(train, dev, n_ctrl, ctrl_rule, np.random.default_rng([seed, 0]))
+    rest = np.setdiff1d(np.arange(n), chosen)
+    ctrl = train.select(chosen)
+    train = train.select(rest)
     train = _subset(train, train_limit, np.random.default_rng([seed, 1]))
     dev = _subset(dev, dev_limit, np.random.default_rng([seed, 3]))
     data = TaskData(spec=spec, train=train, ctrl=ctrl, dev=dev)

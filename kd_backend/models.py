@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from kd_backend.errors import ConfigError, HubOfflineError, ModelError
+from kd_backend.pretrained import PRETRAINED, pretrained_path
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,9 @@ def _load_checkpoint(
     config.num_labels = num_labels
     config.problem_type = problem_type
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
-    with _no_hf_progress_bars():
+    # Without a fine-tuned head the new classifier is expected: hide transformers' "MISSING" load report.
+    quiet = contextlib.nullcontext() if require_head else _hf_verbosity_error()
+    with _no_hf_progress_bars(), quiet:
         model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, local_files_only=local_files_only, **{_DTYPE_KWARG: torch.float32}
         )
@@ -265,6 +268,10 @@ def load_model(
             f"{source!r} is a model preset (random weights, no tokenizer), not a checkpoint; build it with "
             "kd_backend.models.build_model, or pass a checkpoint directory"
         )
+    if source in PRETRAINED:
+        raise ModelError(
+            f"{source!r} is a pretrained preset; load it with kd_backend.models.load_pretrained (it has no task head)"
+        )
     if not _HUB_ID.fullmatch(source):
         raise ModelError(f"checkpoint directory {path} does not exist (and {source!r} is not a hub id like 'org/name')")
     offline = _offline_reason()
@@ -282,6 +289,40 @@ def load_model(
         raise ModelError(
             f"cannot load hub id {source!r}: {e}; check the id or pass a local checkpoint directory"
         ) from e
+
+
+def load_encoder(
+    source: str | Path, num_labels: int, is_regression: bool, *, task: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained (or fine-tuned) encoder with a classification head of ``num_labels`` outputs.
+
+    ``source`` is a pretrained preset (:data:`kd_backend.pretrained.PRETRAINED`: its verified folder,
+    all of its shipped layers; truncate with :func:`init_student_from_teacher`), a checkpoint
+    directory or a hub id. A checkpoint without a task head gets a new, untrained one.
+    """
+    if str(source) in PRETRAINED:
+        return load_model(pretrained_path(str(source)), num_labels, is_regression, task=task, require_head=False)
+    return load_model(source, num_labels, is_regression, task=task, require_head=False)
+
+
+def load_pretrained(
+    name: str, num_labels: int, is_regression: bool = False, seed: int | None = None
+) -> tuple[BertForSequenceClassification, PreTrainedTokenizerBase]:
+    """Pretrained preset ``name`` (e.g. ``minilm-l3``): its bottom layers and a new, seeded head.
+
+    The weights are verified against the preset's sha256 first (:func:`kd_backend.pretrained.pretrained_path`).
+
+    :param name: a key of :data:`kd_backend.pretrained.PRETRAINED`.
+    :param num_labels: classes of the task; 1 = regression.
+    :param is_regression: whether the task is a regression.
+    :param seed: seeds the classification head (the global RNG is left as it was).
+    """
+    if name not in PRETRAINED:
+        raise ModelError(f"unknown pretrained preset {name!r}; choose one of {list(PRETRAINED)}")
+    _problem_type(num_labels, is_regression)
+    full, tokenizer = load_encoder(name, num_labels, is_regression)
+    model = init_student_from_teacher(full, PRETRAINED[name].num_layers, "first", num_labels=num_labels, seed=seed)
+    return model, tokenizer
 
 
 def model_size(model: nn.Module) -> int:
@@ -436,6 +477,19 @@ def _no_hf_progress_bars() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _hf_verbosity_error() -> Iterator[None]:
+    """Show only transformers' errors (not its load-report warnings) inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:

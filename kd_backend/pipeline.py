@@ -6,8 +6,12 @@ scripts all build their KD run here, so there is one pipeline, not one per scrip
 Model sources (``teachers``, ``student``) are strings:
 
 * a preset name (``tiny-2x128``, …, see :data:`kd_backend.models.PRESETS`): built from a config
-  with a WordPiece tokenizer trained on the task's training text. As a *teacher*, a preset is
-  fine-tuned on the task on first use and kept under ``cache_dir/models`` (later runs load it);
+  with a WordPiece tokenizer trained on the task's training text;
+* a pretrained preset (``minilm-l1`` … ``minilm-l6``, see :data:`kd_backend.pretrained.PRETRAINED`):
+  the bottom K layers of a pretrained BERT shipped in a pip package (verified by sha256), with
+  its own tokenizer and a new task head.
+  As a *teacher*, either kind of preset is fine-tuned on the task on first use and kept under
+  ``cache_dir/models`` (later runs load it);
 * a local checkpoint directory (``save_pretrained`` layout);
 * a Hugging Face hub id (needs network; a clear error offline).
 """
@@ -33,7 +37,8 @@ from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
 from kd_backend.metrics import constant_score
-from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_model
+from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_encoder, load_model
+from kd_backend.pretrained import PRETRAINED, is_pretrained
 from kd_backend.plan import EpochPlan, EvalStats
 from kd_backend.synthetic import SyntheticConfig
 from kd_backend.tokenization import tokenizer_fingerprint, train_wordpiece_tokenizer
@@ -61,6 +66,10 @@ class BackendConfig(DistillerConfig):
     """Fraction of the training data held out as the ``ctrl`` split that controllers decide on."""
     ctrl_max: int = 2000
     """Cap on the ``ctrl`` split's size."""
+    ctrl_rule: str = "dev-length"
+    """How ``ctrl`` is drawn from train: ``dev-length`` (with dev's length distribution, so that ctrl
+    scores behave like dev; SST-2's train file is mostly short phrases, dev whole sentences) or
+    ``random`` (uniform)."""
     synthetic_train: int = 6000
     """Training instances of the synthetic task (before the ctrl hold-out)."""
     synthetic_dev: int = 1000
@@ -68,21 +77,28 @@ class BackendConfig(DistillerConfig):
     data_seed: int = 0
     """Seed of the ctrl hold-out, the subsets and the synthetic task."""
     teachers: tuple[str, ...] = ("tiny-2x128", "tiny-4x256")
-    """Teacher sources (preset, checkpoint dir or hub id); ordered by size automatically."""
+    """Teacher sources (preset, pretrained preset, checkpoint dir or hub id); ordered by size automatically."""
     student: str = "tiny-1x64"
-    """Student source: a preset (fresh) or a checkpoint dir; see ``student_init`` for teacher layers."""
+    """Student source: a preset (random weights), a pretrained preset (``minilm-lK``: its bottom K
+    pretrained layers), a checkpoint dir or hub id. It is also where ``student_init`` copies layers
+    from — never from the teachers, so adding a teacher cannot change the student."""
     student_init: str = "fresh"
-    """``fresh`` (``student`` as given), ``first`` (the paper: bottom ``student_layers`` of the smallest
-    teacher) or ``every-other`` (PKD-style alternate layers of that teacher)."""
+    """``fresh`` (``student`` as given: all its layers, a new head where it has none), ``first`` (the
+    paper's student: the bottom ``student_layers`` layers of ``student``) or ``every-other`` (PKD's
+    alternate layers of ``student``). ``first``/``every-other`` need a ``student`` with weights."""
     student_layers: int = 6
-    """Layers of a student initialised from a teacher (``student_init != 'fresh'``)."""
+    """Layers copied from ``student`` when ``student_init`` is ``first`` or ``every-other``."""
+    freeze_embeddings: bool = False
+    """Freeze the student's word-embedding matrix (pretrained students: 30,522 x 384 of MiniLM's
+    22.7M parameters; skipping its dense gradient and AdamW update speeds up an epoch)."""
     vocab_size: int = 8000
     """WordPiece vocabulary size for models built from presets."""
-    teacher_epochs: int = 3
-    """Epochs to fine-tune a preset teacher on first use."""
-    teacher_lr: float = 5e-4
-    """Learning rate to fine-tune a preset teacher on first use (5e-4 trains every tiny preset from
-    scratch; 1e-3 diverges for ``tiny-4x256``)."""
+    teacher_epochs: int | None = None
+    """Epochs to fine-tune a preset teacher on first use; None = 3 for presets from scratch, 2 for
+    pretrained presets."""
+    teacher_lr: float | None = None
+    """Learning rate to fine-tune a preset teacher on first use; None = 5e-4 for presets from scratch
+    (1e-3 diverges for ``tiny-4x256``), 1e-4 for pretrained presets."""
     progress: bool = True
     """Show progress bars (caching, epochs, teacher fine-tuning)."""
     # Every other field (epochs, batch_size, lr, …, seed) is DistillerConfig's.
@@ -94,8 +110,20 @@ class BackendConfig(DistillerConfig):
         object.__setattr__(self, "teachers", tuple(self.teachers))
         if self.student_init not in STUDENT_INITS:
             raise ConfigError(f"student_init={self.student_init!r} must be one of {list(STUDENT_INITS)}")
-        if self.student_init != "fresh" and not self.teachers:
-            raise ConfigError(f"student_init={self.student_init!r} needs a teacher to copy layers from")
+        if self.student_init != "fresh" and _is_preset(self.student):
+            raise ConfigError(
+                f"student_init={self.student_init!r} copies layers from student={self.student!r}, a preset with "
+                "random weights; name a pretrained preset (e.g. minilm-l6), a checkpoint folder or a hub id as "
+                "the student, or use student_init='fresh'"
+            )
+        if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
+            raise ConfigError(f"teacher_epochs={self.teacher_epochs!r} must be None or an integer >= 1")
+        if self.teacher_lr is not None and not (isinstance(self.teacher_lr, (int, float)) and 0 < self.teacher_lr < 1):
+            raise ConfigError(f"teacher_lr={self.teacher_lr!r} must be None or a number in (0, 1)")
+        if not isinstance(self.student_layers, int) or self.student_layers < 1:
+            raise ConfigError(f"student_layers={self.student_layers!r} must be an integer >= 1")
+        for source in (*self.teachers, self.student):
+            _check_source(source)
 
     def distiller_config(self) -> DistillerConfig:
         """The optimisation part of this config, as a plain :class:`DistillerConfig`."""
@@ -106,7 +134,8 @@ def load_task_data(cfg: BackendConfig) -> TaskData:
     """Load the configured task with its train / ctrl / dev splits."""
     synthetic = SyntheticConfig(num_train=cfg.synthetic_train, num_dev=cfg.synthetic_dev, seed=cfg.data_seed)
     return load_task(
-        cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, seed=cfg.data_seed,
+        cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, ctrl_rule=cfg.ctrl_rule,
+        seed=cfg.data_seed,
         train_limit=cfg.train_limit, dev_limit=cfg.dev_limit, synthetic=synthetic,
     )
 
@@ -135,6 +164,30 @@ def _is_preset(source: str) -> bool:
     return source in PRESETS and not Path(source).is_dir()
 
 
+_NAMED_LIKE = ("tiny-", "minilm-")  # "bert-..." may be a hub id (bert-base-uncased)
+
+
+def _check_source(source: str) -> None:
+    """Refuse a model name that looks like a preset but is none (before any model is trained)."""
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"model source {source!r} must be a non-empty string")
+    if source in PRESETS or source in PRETRAINED or Path(source).expanduser().exists() or "/" in source:
+        return
+    if source.startswith(_NAMED_LIKE):
+        raise ConfigError(
+            f"unknown model {source!r}: not a folder, and not a preset; presets are {list(PRESETS)} (random "
+            f"weights) and {list(PRETRAINED)} (pretrained)"
+        )
+
+
+def teacher_recipe(source: str, cfg: BackendConfig) -> tuple[int, float]:
+    """(epochs, lr) used to fine-tune preset teacher ``source`` on first use."""
+    pretrained = is_pretrained(source)
+    epochs = cfg.teacher_epochs if cfg.teacher_epochs is not None else (2 if pretrained else 3)
+    lr = cfg.teacher_lr if cfg.teacher_lr is not None else (1e-4 if pretrained else 5e-4)
+    return epochs, lr
+
+
 def preset_factory(preset: str, task: TaskData, tokenizer: Any) -> Callable[[int], nn.Module]:
     """``seed -> fresh model`` for a preset sized for the task and tokenizer."""
     spec = task.spec
@@ -148,27 +201,56 @@ def preset_factory(preset: str, task: TaskData, tokenizer: Any) -> Callable[[int
     return make
 
 
+def pretrained_factory(name: str, task: TaskData) -> tuple[Callable[[int], nn.Module], Any]:
+    """``seed -> model`` for pretrained preset ``name`` (bottom layers, new seeded head) and its tokenizer.
+
+    The shipped weights are read and verified once; each call copies them into a new model.
+    """
+    spec = task.spec
+    full, tokenizer = load_encoder(name, spec.num_labels, spec.is_regression, task=spec.name)
+    layers = PRETRAINED[name].num_layers
+
+    def make(seed: int) -> nn.Module:
+        return init_student_from_teacher(full, layers, "first", num_labels=spec.num_labels, seed=seed)
+
+    return make, tokenizer
+
+
 def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
-    """A teacher from a checkpoint dir or hub id, or a preset fine-tuned on first use (then cached)."""
-    if not _is_preset(source):
+    """A teacher from a checkpoint dir or hub id, or a preset fine-tuned on first use (then cached).
+
+    Presets (random-weight or pretrained) are fine-tuned with :func:`teacher_recipe`'s epochs and lr,
+    the run's batch size, length, weight decay, clipping and warm-up, and cached under a key of
+    that recipe, the data and the tokenizer.
+    """
+    if not (_is_preset(source) or is_pretrained(source)):
         model, tok = load_model(source, task.spec.num_labels, task.spec.is_regression)
         return Teacher(name=Path(source).name or source, model=model, tokenizer=tok)
-    tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
+    epochs, lr = teacher_recipe(source, cfg)
+    if is_pretrained(source):
+        factory, tokenizer = pretrained_factory(source, task)
+        weights = PRETRAINED[source].sha256
+    else:
+        tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
+        factory, weights = preset_factory(source, task, tokenizer), None
     recipe = {
         "preset": source, "task": task.train.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
-        "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr, "batch_size": cfg.batch_size,
+        "epochs": epochs, "lr": lr, "batch_size": cfg.batch_size,
         "max_seq_length": cfg.max_seq_length, "seed": cfg.data_seed,
     }
+    if weights is not None:  # new keys only where they change the recipe (old cache entries stay valid)
+        recipe.update(weights=weights, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     out = Path(cfg.cache_dir) / "models" / f"{source}-{key}"
     if not (out / "config.json").exists():
         logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
         train_config = DistillerConfig(
-            epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.teacher_lr, warmup_ratio=0.1,
+            epochs=epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=lr,
+            weight_decay=cfg.weight_decay, warmup_ratio=0.1, max_grad_norm=cfg.max_grad_norm,
             max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
             cache_dir=cfg.cache_dir, progress=cfg.progress,
         )
-        fine_tune(task, preset_factory(source, task, tokenizer), tokenizer, train_config, out)
+        fine_tune(task, factory, tokenizer, train_config, out)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
 
@@ -204,29 +286,42 @@ def fine_tune(
     return distiller, evals
 
 
-def build_student(cfg: BackendConfig, task: TaskData, teachers: list[Teacher]) -> tuple[Callable[[int], nn.Module], Any]:
-    """The student factory (``seed -> model``) and tokenizer described by ``cfg``."""
-    if cfg.student_init != "fresh":
-        source = min(teachers, key=lambda t: sum(p.numel() for p in t.model.parameters()))
+def build_student(cfg: BackendConfig, task: TaskData, teachers: list[Teacher] | None = None) -> tuple[Callable[[int], nn.Module], Any]:
+    """The student factory (``seed -> model``) and tokenizer described by ``cfg``.
 
-        def from_teacher(seed: int) -> nn.Module:
-            return init_student_from_teacher(
-                source.model, cfg.student_layers, strategy=cfg.student_init,
-                num_labels=task.spec.num_labels, seed=seed,
-            )
-
-        return from_teacher, source.tokenizer
+    The student comes from ``cfg.student`` alone (``teachers`` is accepted for compatibility and not
+    read): a preset is built with random weights, a pretrained preset or checkpoint is loaded (all of
+    its layers with ``student_init='fresh'``, else ``student_layers`` of them), with a new head where
+    it has none. ``freeze_embeddings`` freezes the word embeddings of whatever is built.
+    """
+    spec = task.spec
     if _is_preset(cfg.student):
         tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
-        return preset_factory(cfg.student, task, tokenizer), tokenizer
-    # A student checkpoint may be a pre-trained encoder without a task head: the head is trained here.
-    _, tokenizer = load_model(cfg.student, task.spec.num_labels, task.spec.is_regression, require_head=False)
+        factory = preset_factory(cfg.student, task, tokenizer)
+    elif cfg.student_init == "fresh" and is_pretrained(cfg.student):
+        factory, tokenizer = pretrained_factory(cfg.student, task)
+    else:
+        # A pretrained encoder (preset, folder or hub id) read once; each seed gets a copy with a new head.
+        source, tokenizer = load_encoder(cfg.student, spec.num_labels, spec.is_regression, task=spec.name)
+        if cfg.student_init == "fresh":
+            layers, strategy = source.config.num_hidden_layers, "first"
+        else:
+            layers, strategy = cfg.student_layers, cfg.student_init
 
-    def from_checkpoint(seed: int) -> nn.Module:
-        torch.manual_seed(seed)  # seeds the freshly initialised head
-        return load_model(cfg.student, task.spec.num_labels, task.spec.is_regression, require_head=False)[0]
+        def factory(seed: int) -> nn.Module:
+            return init_student_from_teacher(source, layers, strategy=strategy, num_labels=spec.num_labels, seed=seed)
 
-    return from_checkpoint, tokenizer
+        factory(0)  # fail now (too many layers, not a BERT) rather than at the first reset
+
+    if not cfg.freeze_embeddings:
+        return factory, tokenizer
+
+    def frozen(seed: int) -> nn.Module:
+        model = factory(seed)
+        model.get_input_embeddings().weight.requires_grad_(False)
+        return model
+
+    return frozen, tokenizer
 
 
 def build_distiller(cfg: BackendConfig, task: TaskData | None = None) -> Distiller:
@@ -248,5 +343,5 @@ def config_dict(cfg: Any) -> Any:
 
 __all__ = [
     "BackendConfig", "build_distiller", "build_student", "fine_tune", "load_task_data", "load_teacher",
-    "task_tokenizer", "config_dict",
+    "pretrained_factory", "task_tokenizer", "teacher_recipe", "config_dict",
 ]
