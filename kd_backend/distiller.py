@@ -496,8 +496,10 @@ class Distiller:
                         s = torch.stack([p(s[:, j]) for j, p in enumerate(self.projections[k])], dim=1)
                     term = w * losses.hidden_mse_loss(s, t_hidden.float())
                     hid_i = hid_i + term if rows is None else hid_i.index_add(0, rows, term)
-            kd_mean = (kd_w_i * kd_i).mean()
-            hid_mean = (hid_w_i * hid_i).mean()
+            # Averaged over the selected instances (the paper) or over the batch (each keeps its full-KD weight).
+            denom = len(idx) if plan.selection_norm == "batch" else len(sel)
+            kd_mean = (kd_w_i * kd_i).sum() / denom
+            hid_mean = (hid_w_i * hid_i).sum() / denom
             acc.add_weights(weights, kd_w_i, hid_w_i)
         total = plan.ce_weight * ce_mean + plan.kd_weight * kd_mean + plan.hidden_weight * hid_mean
         terms = {

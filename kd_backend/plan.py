@@ -17,12 +17,14 @@ from kd_backend.errors import ConfigError
 TeacherMode = Literal["fixed", "hard", "soft", "soft-instance"]
 SelectionRule = Literal["entropy", "margin", "least-confidence", "random"]
 SelectionScope = Literal["batch", "epoch"]
+SelectionNorm = Literal["selected", "batch"]
 ObjectiveMode = Literal["static", "uncertainty", "uncertainty-r"]
 KDLoss = Literal["kl", "mse"]
 
 TEACHER_MODES: tuple[str, ...] = get_args(TeacherMode)
 SELECTION_RULES: tuple[str, ...] = get_args(SelectionRule)
 SELECTION_SCOPES: tuple[str, ...] = get_args(SelectionScope)
+SELECTION_NORMS: tuple[str, ...] = get_args(SelectionNorm)
 OBJECTIVE_MODES: tuple[str, ...] = get_args(ObjectiveMode)
 KD_LOSSES: tuple[str, ...] = get_args(KDLoss)
 
@@ -62,6 +64,10 @@ class EpochPlan:
     scope: SelectionScope = "epoch"
     """``batch`` (the paper: CE on the whole batch, KD on its top-r) or ``epoch`` (score the whole
     pool once without gradient, train only on its top-r, so a small fraction costs less)."""
+    selection_norm: SelectionNorm = "selected"
+    """How batch-scope KD / hidden terms are averaged: over the ``selected`` instances (the paper's
+    code: at r = 0.1 each of the ~3 selected instances of a batch of 32 weighs 10x what it weighs in
+    full KD) or over the whole ``batch`` (each selected instance keeps its full-KD weight)."""
     objective: ObjectiveMode = "static"
     """``static`` weights, ``uncertainty`` (per instance KD weight 1-u, hidden weight u, as the
     paper) or ``uncertainty-r`` (reversed)."""
@@ -82,6 +88,7 @@ class EpochPlan:
         _check_choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
         _check_choice("selection", self.selection, SELECTION_RULES)
         _check_choice("scope", self.scope, SELECTION_SCOPES)
+        _check_choice("selection_norm", self.selection_norm, SELECTION_NORMS)
         _check_choice("objective", self.objective, OBJECTIVE_MODES)
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         if (

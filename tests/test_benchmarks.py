@@ -89,3 +89,17 @@ def test_mechanisms(tmp_path, cache_dir):
     names = [r["row"] for r in data["rows"]]
     assert "no KD (fine-tuning)" in names and any(n.startswith("(3)") for n in names)
     assert "dev" in out
+
+
+def test_pretrained_student(tmp_path):
+    out = run_bench("pretrained_student.py", tmp_path)
+    data = json.loads((tmp_path / "pretrained_student.json").read_text())
+    rows = {r["row"]: r for r in data["rows"]}
+    assert list(rows) == ["plain HF loop", "plain HF loop, embedding frozen", "DynaKD epoch",
+                          "DynaKD epoch, freeze_embeddings"]
+    plain = rows["plain HF loop"]
+    # the profile partitions the plain loop's time (tokenize + forward + backward + step <= wall)
+    shares = sum(plain[f"{k} share"] for k in ("tokenize", "forward", "backward", "step"))
+    assert 0.5 < shares <= 1.0 + 1e-6 and plain["vs plain"] == 1.0
+    assert all(r["examples/s"] > 0 and 0.0 <= r["dev"] <= 1.0 for r in rows.values())
+    assert "examples/s" in out
