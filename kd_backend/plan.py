@@ -18,6 +18,7 @@ TeacherMode = Literal["fixed", "hard", "soft", "soft-instance"]
 SelectionRule = Literal["entropy", "margin", "least-confidence", "random"]
 SelectionScope = Literal["batch", "epoch"]
 ObjectiveMode = Literal["static", "uncertainty", "uncertainty-r"]
+ScoringMode = Literal["fresh", "stale"]
 KDLoss = Literal["kl", "mse"]
 
 TEACHER_MODES: tuple[str, ...] = get_args(TeacherMode)
@@ -25,6 +26,7 @@ SELECTION_RULES: tuple[str, ...] = get_args(SelectionRule)
 SELECTION_SCOPES: tuple[str, ...] = get_args(SelectionScope)
 OBJECTIVE_MODES: tuple[str, ...] = get_args(ObjectiveMode)
 KD_LOSSES: tuple[str, ...] = get_args(KDLoss)
+SCORING_MODES: tuple[str, ...] = get_args(ScoringMode)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -62,6 +64,11 @@ class EpochPlan:
     scope: SelectionScope = "epoch"
     """``batch`` (the paper: CE on the whole batch, KD on its top-r) or ``epoch`` (score the whole
     pool once without gradient, train only on its top-r, so a small fraction costs less)."""
+    scoring: ScoringMode = "fresh"
+    """Epoch scope only: ``fresh`` (score the whole pool in one no-grad pass first) or ``stale``
+    (reuse each instance's uncertainty from its last forward pass, training or scoring, and rescore
+    only instances never seen or older than ``DistillerConfig.stale_max_age`` epochs: a fraction r
+    then costs about r, not r + 1/3)."""
     objective: ObjectiveMode = "static"
     """``static`` weights, ``uncertainty`` (per instance KD weight 1-u, hidden weight u, as the
     paper) or ``uncertainty-r`` (reversed)."""
@@ -83,6 +90,12 @@ class EpochPlan:
         _check_choice("selection", self.selection, SELECTION_RULES)
         _check_choice("scope", self.scope, SELECTION_SCOPES)
         _check_choice("objective", self.objective, OBJECTIVE_MODES)
+        _check_choice("scoring", self.scoring, SCORING_MODES)
+        if self.scoring == "stale" and self.scope != "epoch":
+            raise ConfigError(
+                "EpochPlan.scoring='stale' needs scope='epoch' (batch scope already has every instance's "
+                "fresh logits); use scoring='fresh' with scope='batch'"
+            )
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         if (
             not isinstance(self.fraction, (int, float))
