@@ -77,6 +77,21 @@ def test_default_menu_covers_the_paper_and_round_trips():
     assert plans[codec.names.index("adopt-soft")].teacher_mode == "soft"
 
 
+def test_cheap_selection_plans_can_be_put_on_a_menu(config, distiller):
+    assert not {"frac-0.3-random", "frac-0.3-stale"} & set(MenuCodec(CFG, 2).names)  # default menu unchanged
+    menu = ("kd-mean", "frac-0.3", "frac-0.3-random", "frac-0.3-stale")
+    env = DistillationEnv(config.replace(menu=menu), distiller=distiller)
+    stale, rand = env.codec.decode(3), env.codec.decode(2)
+    assert (stale.fraction, stale.scope, stale.scoring, stale.selection) == (0.3, "epoch", "stale", "entropy")
+    assert (rand.selection, rand.scoring) == ("random", "fresh")
+    _, _, infos = run_episode(env, [0, 1, 3], seed=3)
+    fresh_cost, stale_cost = infos[1]["step_compute"], infos[2]["step_compute"]
+    assert infos[2]["stats"]["examples_scored"] == 0  # everything was seen in the two epochs before
+    assert stale_cost < 0.75 * fresh_cost
+    _, _, infos = run_episode(env, [0, 2, 2], seed=3)
+    assert infos[1]["stats"]["examples_scored"] == 0 and infos[1]["step_compute"] < 0.75 * fresh_cost
+
+
 def test_menu_is_configurable_and_names_unknown_plans():
     codec = MenuCodec(EnvConfig(menu=("kd-t0", "frac-0.1"), kd_loss="mse", temperature=2.0), num_teachers=2)
     assert codec.space.n == 2
