@@ -334,8 +334,8 @@ def run_protocol(
         ``report_dev`` are not used: the protocol builds a sealed selection env and an eval env).
     :param candidates: see :func:`candidate_schedules` (at least one static one).
     :param controllers: further controllers evaluated on ``eval_seeds`` (paper heuristics, random,
-        policies, schedules). One named like a candidate reuses that candidate's evaluation when
-        ``oracle`` ran every candidate.
+        policies, schedules). One named like an evaluated candidate (every candidate with
+        ``oracle``, else the reference and the best static plan) reuses that candidate's episodes.
     :param selection_seeds: seeds of the selection episodes.
     :param eval_seeds: seeds of the evaluation episodes (>= 2, disjoint from ``selection_seeds``).
     :param oracle: also evaluate every candidate on ``eval_seeds`` and report the dev-best (the
@@ -366,8 +366,7 @@ def run_protocol(
     base = env.config.replace(branch_cache=branch_cache)
     select_env = DistillationEnv(base.replace(report_dev=False), distiller=env.distiller)
     eval_env = DistillationEnv(base.replace(report_dev=True), distiller=env.distiller)
-    extras = {n: c for n, c in controllers.items() if not (oracle and n in schedules)}
-    total = len(candidates) * (len(sel_seeds) + (len(ev_seeds) if oracle else 0)) + len(extras) * len(ev_seeds)
+    total = len(candidates) * (len(sel_seeds) + (len(ev_seeds) if oracle else 0)) + len(controllers) * len(ev_seeds)
     from tqdm.auto import tqdm
 
     costs = {"selection": PhaseCost(), "candidates_eval": PhaseCost(), "controllers_eval": PhaseCost()}
@@ -377,6 +376,7 @@ def run_protocol(
         table = selection_table(candidates, selection_records)
         reference, best_static = pick_reference(table), pick_reference(table, "static")
         chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static))}
+        extras = {n: c for n, c in controllers.items() if n not in chosen}  # a candidate's runs are reused
         eval_records = _run(eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar)
         eval_records += _run(eval_env, extras, ev_seeds, costs["controllers_eval"], seed_major=False, progress=bar)
     oracle_name = pick_oracle(eval_records, list(schedules)) if oracle else None
