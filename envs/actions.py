@@ -32,7 +32,9 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
 
     Names: ``ce-only`` (no KD), ``kd-t{k}`` (teacher k alone, 0 = smallest), ``kd-mean`` (teachers'
     mean), ``adopt-{hard,soft,soft-instance}`` (the paper's teacher adoption), ``frac-{0.3,0.1}``
-    (the teachers' mean on the most uncertain 30% / 10% of the epoch, by entropy), ``frac-0.1-margin-batch``
+    (the teachers' mean on the most uncertain 30% / 10% of the epoch, by entropy), ``frac-0.3-random``
+    (a random 30% of the epoch: no scoring pass), ``frac-0.3-stale`` (the most uncertain 30% by each
+    instance's entropy from its last forward pass, rescoring only stale ones), ``frac-0.1-margin-batch``
     (the paper's selection: KD on each batch's 10% smallest-margin instances), ``pkd`` (KD + hidden
     alignment, static weights), ``objective-uncertainty`` / ``objective-uncertainty-r`` (the paper's
     objective weighting and its reverse) and ``paper-combined`` (hard adoption + margin selection at
@@ -55,6 +57,9 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
     rule = "random" if regression else "entropy"
     for fraction in (0.3, 0.1):
         plans[f"frac-{fraction}"] = {"fraction": fraction, "selection": rule, "scope": "epoch"}
+    if not regression:  # (for regression frac-0.3 already selects at random)
+        plans["frac-0.3-random"] = {"fraction": 0.3, "selection": "random", "scope": "epoch"}
+        plans["frac-0.3-stale"] = {"fraction": 0.3, "selection": "entropy", "scope": "epoch", "scoring": "stale"}
     plans["pkd"] = {"hidden_weight": 1.0}
     if not regression:
         plans["frac-0.1-margin-batch"] = {"fraction": 0.1, "selection": "margin", "scope": "batch"}
@@ -68,9 +73,14 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
     return plans
 
 
+NOT_IN_DEFAULT_MENU = ("objective-uncertainty-r", "frac-0.3-random", "frac-0.3-stale")
+"""Named plans a menu can offer but the default one leaves out (the default menu, hence the
+action space of policies learned on it, stays as it was: 13 plans for two teachers)."""
+
+
 def default_menu(num_teachers: int, regression: bool = False) -> tuple[str, ...]:
-    """The default discrete menu: every named plan but the reversed objective (13 for two teachers)."""
-    return tuple(n for n in named_plans(num_teachers, regression) if n != "objective-uncertainty-r")
+    """The default discrete menu: every named plan but :data:`NOT_IN_DEFAULT_MENU` (13 for two teachers)."""
+    return tuple(n for n in named_plans(num_teachers, regression) if n not in NOT_IN_DEFAULT_MENU)
 
 
 def _one_hot(k: int, n: int) -> tuple[float, ...]:

@@ -56,6 +56,11 @@ class EnvConfig:
     """KD loss of every decoded plan: ``kl`` (T^2 KL) or ``mse`` on logits."""
     temperature: float = 1.0
     """KD temperature of every decoded plan (the paper used 1)."""
+    branch_cache: int = 0
+    """Branching episodes: keep up to this many epoch states keyed by (episode seed, plans so far),
+    so an episode that repeats a stored prefix of plans with the same seed continues from its state
+    instead of retraining it (bit for bit the same run on the CPU; see ``envs.branching``). 0 = off.
+    Pays off when episodes share seeds: the protocol's grid search, or learning with a seed pool."""
     report_dev: bool = True
     """Evaluate the dev split after an episode's last step and put it in that step's ``info``
     (for reporting only: the dev split never reaches the observation or the reward)."""
@@ -78,6 +83,8 @@ class EnvConfig:
                 raise ConfigError("EnvConfig.menu=() is empty; name at least one plan or use None for the default menu")
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise ConfigError(f"EnvConfig.cost_weight={self.cost_weight!r} must be a finite number >= 0")
+        if not isinstance(self.branch_cache, int) or isinstance(self.branch_cache, bool) or self.branch_cache < 0:
+            raise ConfigError(f"EnvConfig.branch_cache={self.branch_cache!r} must be an integer >= 0 (0 = off)")
         if not 0 < self.r_min <= 1:
             raise ConfigError(f"EnvConfig.r_min={self.r_min!r} must be in (0, 1]")
         fractions = tuple(float(f) for f in self.fraction_bins)

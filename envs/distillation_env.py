@@ -10,6 +10,11 @@ observation or the reward.
 heuristics run through the very same loop as learned policies (the plan is applied as given;
 ``last_action`` shows its encoding when the codec can express it, else zeros).
 
+With ``EnvConfig.branch_cache > 0`` the env keeps the run state after each decision, keyed by
+(episode seed, plans so far), and a step whose key is stored is not retrained: the stored stats and
+ctrl evaluation are replayed and the state is restored when the next step needs it
+(:mod:`envs.branching`, where the seed semantics are documented).
+
 ``info`` holds only deterministic values (no wall-clock times), so the same seed and actions give
 identical infos, as Gymnasium's checker requires.
 """
@@ -22,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.actions import ActionCodec, make_codec
+from envs.branching import Branch, BranchCache
 from envs.config import EnvConfig
 from envs.observation import build_observation, observation_names, observation_space
 from envs.reward import step_reward
@@ -64,6 +70,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self.action_space = self.codec.space
         self.observation_space = observation_space(self.distiller.num_teachers, self.codec.dim)
         self.observation_names = observation_names(self.distiller.num_teachers, self.codec.dim, self.codec.labels)
+        self.branches: BranchCache | None = BranchCache(self.config.branch_cache) if self.config.branch_cache else None
         self._t: int | None = None  # decisions taken; None before the first reset
 
     # ------------------------------------------------------------------ gymnasium API
@@ -80,6 +87,8 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self._compute = 0.0
         self._last_action = np.zeros(self.codec.dim, dtype=np.float32)
         self._step_info: dict[str, Any] = {}
+        self._plans: tuple[EpochPlan, ...] = ()  # applied so far (the branch key)
+        self._pending: Branch | None = None  # a stored state the distiller must restore before training on
         return self._get_obs(), self._get_info()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -96,9 +105,21 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
             plan = self.codec.decode(action)
             self._last_action = self.codec.normalise(action)
         epoch, part = divmod(self._t, self.decisions_per_epoch)
-        stats = self.distiller.train_epoch(plan, part=part, parts=self.decisions_per_epoch)
         prev = self._ctrl.score
-        self._ctrl = self.distiller.evaluate("ctrl")
+        key = (self.episode_seed, (*self._plans, plan))
+        last = self._t + 1 >= self.steps_per_episode
+        branch = self.branches.get(key) if self.branches is not None else None
+        if branch is not None:  # this prefix was trained before with this seed: replay it
+            stats, self._ctrl, self._pending = branch.stats, branch.ctrl, branch
+        else:
+            self._materialise()
+            stats = self.distiller.train_epoch(plan, part=part, parts=self.decisions_per_epoch)
+            self._ctrl = self.distiller.evaluate("ctrl")
+            if self.branches is not None and not last:
+                self.branches.put(key, Branch(self.distiller.snapshot(), stats, self._ctrl))
+        self._plans = key[1]
+        if last:
+            self._materialise()  # the distiller ends the episode in its final state (dev, export)
         step_compute = (stats.student_flops + stats.teacher_flops) / self.distiller.full_epoch_flops
         self._compute += step_compute
         self._t += 1
@@ -139,6 +160,12 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         )
 
     # ------------------------------------------------------------------ helpers
+    def _materialise(self) -> None:
+        """Restore a replayed branch's state into the distiller (deferred until training needs it)."""
+        if self._pending is not None:
+            self.distiller.restore(self._pending.state)
+            self._pending = None
+
     def _get_obs(self) -> np.ndarray:
         assert self._t is not None
         return build_observation(

@@ -7,6 +7,17 @@ write the table and the plot.
 
 Writes ``OUT/``: ``comparison.csv`` (one row per controller), ``comparison.png`` (dev score vs
 compute), ``evaluation.jsonl`` (every episode: plans, stats, scores) and ``config.yaml``.
+
+With ``--protocol`` (the fair comparison of ``agents.protocol``): the reference is chosen on ctrl
+over ``--selection-seeds`` among every menu plan applied to every epoch and the "A first, then B"
+grid; then the reference, the best static plan, the dev-chosen oracle (an upper bound), the paper
+heuristics, random and ``--controllers`` run on ``--seeds`` (at least 5):
+
+    python experiments/compare.py --protocol --controllers runs/default/policy.zip --out runs/protocol
+
+writing ``protocol.csv`` (dev and ctrl mean ± SE, compute, paired difference to the reference,
+compute ratio to the best static plan), ``selection.csv``, ``protocol.json`` (choices, seeds, the
+grid search's cost), ``protocol.png`` (the dev-vs-compute frontier) and the episodes.
 """
 
 from __future__ import annotations
@@ -16,6 +27,25 @@ from pathlib import Path
 import workflow
 from workflow import CompareConfig
 
+from agents import candidate_schedules, format_protocol, menu_plans, run_protocol, write_protocol
+
+
+def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path) -> list[dict]:
+    names = dict.fromkeys((*workflow.PROTOCOL_CONTROLLERS, *cfg.controllers))
+    env = workflow.build_env(cfg.env, spaces)
+    plans = menu_plans(env)
+    controllers = workflow.build_controllers(list(names), cfg.env, spaces)
+    candidates = candidate_schedules(plans, env.steps_per_episode, env.decisions_per_epoch, cfg.first_plans,
+                                     cfg.rest_plans)
+    result = run_protocol(
+        env, candidates, controllers, cfg.selection_seeds, cfg.seeds,
+        oracle=cfg.oracle, branch_cache=cfg.protocol_branch_cache, show_progress=cfg.env.backend.progress,
+    )
+    write_protocol(out, result, task=env.distiller.spec.name)
+    print(f"\n{format_protocol(result)}")
+    print(f"\nwrote {out}/: protocol.csv selection.csv protocol.json protocol.png selection.jsonl evaluation.jsonl")
+    return result.rows
+
 
 def main(cfg: CompareConfig) -> list[dict]:
     workflow.configure_threads(cfg.threads, cfg.env.backend)
@@ -24,6 +54,8 @@ def main(cfg: CompareConfig) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     workflow.save_config(out / workflow.CONFIG_FILE, cfg)
+    if cfg.protocol:
+        return protocol(cfg, spaces, out)
 
     env = workflow.build_env(cfg.env, spaces)
     records = workflow.evaluate(env, controllers, cfg.seeds, cfg.env.backend.progress)

@@ -61,6 +61,9 @@ Algo = Literal["ppo", "a2c", "dqn", "sac"]
 PAPER_HEURISTICS = ("paper-adoption", "paper-selection", "paper-objective", "paper-combined")
 DEFAULT_BASELINES = ("kd-t0", "kd-t1", "kd-mean", "paper-adoption", "paper-combined", "random")
 DEFAULT_EVAL_SEEDS = (10_000, 10_001, 10_002)
+PROTOCOL_EVAL_SEEDS = (10_000, 10_001, 10_002, 10_003, 10_004)
+PROTOCOL_SELECTION_SEEDS = (20_000, 20_001, 20_002)
+PROTOCOL_CONTROLLERS = (*PAPER_HEURISTICS, "random")
 CONFIG_FILE = "config.yaml"
 T = TypeVar("T")
 
@@ -234,19 +237,59 @@ class CompareConfig:
     controllers: tuple[str, ...] = DEFAULT_BASELINES
     """Controllers: baseline names (as ``--baselines`` of learn_policy.py), policy ``.zip`` files
     and schedule ``.json`` files."""
-    seeds: tuple[int, ...] = DEFAULT_EVAL_SEEDS
-    """Student seeds: one episode per seed and controller."""
+    seeds: tuple[int, ...] | None = None
+    """Student seeds (the evaluation seeds): one episode per seed and controller; None =
+    10000-10002, or 10000-10004 with ``--protocol`` (which needs at least 5)."""
     out: str = "runs/compare"
-    """Output folder (comparison.csv, comparison.png, evaluation.jsonl, config.yaml)."""
+    """Output folder (comparison.csv, comparison.png, evaluation.jsonl, config.yaml; with
+    ``--protocol``: protocol.csv/json/png, selection.csv, selection.jsonl, evaluation.jsonl)."""
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
+    protocol: bool = False
+    """The fair protocol (agents.protocol): choose the reference on ctrl over ``selection_seeds``
+    among every menu plan applied to every epoch and the "A first, then B" grid, then evaluate it,
+    the best static plan, the oracle and the controllers (plus the paper heuristics and random)
+    on ``seeds``, with paired differences to the reference."""
+    selection_seeds: tuple[int, ...] = PROTOCOL_SELECTION_SEEDS
+    """``--protocol``: seeds of the selection episodes (disjoint from ``seeds``; dev is never read on them)."""
+    first_plans: tuple[str, ...] | None = None
+    """``--protocol``: menu plans the grid's first epoch may use; None = the menu's full-data plans."""
+    rest_plans: tuple[str, ...] | None = None
+    """``--protocol``: menu plans the grid's later epochs may use; None = the whole menu. Pass
+    ``--first-plans`` and ``--rest-plans`` with no names for static plans only."""
+    oracle: bool = True
+    """``--protocol``: also run every candidate on the evaluation seeds and report the dev-best
+    (an upper bound, not a fair reference); ``--no-oracle`` runs only the reference and best static."""
+    protocol_branch_cache: int = 64
+    """``--protocol``: epoch states kept so schedules sharing a prefix train it once (0 = off)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", _seeds("CompareConfig", "seeds", self.seeds))
+        owner = "CompareConfig"
+        seeds = self.seeds
+        if seeds is None:
+            seeds = PROTOCOL_EVAL_SEEDS if self.protocol else DEFAULT_EVAL_SEEDS
+        object.__setattr__(self, "seeds", _seeds(owner, "seeds", seeds))
         object.__setattr__(self, "controllers", tuple(self.controllers))
-        if not self.controllers:
+        if not self.controllers and not self.protocol:
             raise ConfigError("CompareConfig.controllers is empty; name at least one controller")
-        _positive("CompareConfig", "threads", self.threads, allow_none=True)
+        _positive(owner, "threads", self.threads, allow_none=True)
+        _positive(owner, "protocol_branch_cache", self.protocol_branch_cache, minimum=0)
+        if self.protocol:
+            object.__setattr__(self, "selection_seeds", _seeds(owner, "selection_seeds", self.selection_seeds))
+            if len(self.seeds) < 5:
+                raise ConfigError(
+                    f"{owner}.seeds={list(self.seeds)}: the protocol evaluates on at least 5 fresh seeds; pass "
+                    f"--seeds {' '.join(map(str, PROTOCOL_EVAL_SEEDS))}"
+                )
+            overlap = sorted(set(self.seeds) & set(self.selection_seeds))
+            if overlap:
+                raise ConfigError(
+                    f"{owner}: seeds {overlap} are both --seeds and --selection-seeds; the reference must be "
+                    "chosen on seeds it is not evaluated on"
+                )
+        for name in ("first_plans", "rest_plans"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 REQUIRED_KEYS: dict[type, tuple[str, ...]] = {

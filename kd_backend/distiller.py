@@ -9,6 +9,7 @@ hundreds of KD runs over the same data without paying for data or teachers again
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -84,6 +85,9 @@ class DistillerConfig:
     """Seed of the first episode (``reset(seed)`` overrides it)."""
     progress: bool = False
     """Show tqdm progress bars for caching and epochs."""
+    stale_max_age: int = 2
+    """``scoring='stale'`` selection reuses an instance's uncertainty from a forward pass at most
+    this many epochs old (0 = this epoch only) and rescores the rest (never seen, or older)."""
     finite_check_every: int | None = None
     """Check the loss for NaN/inf every N optimizer steps (each check is a host sync on CUDA);
     None = every step on the CPU, every 50 steps on CUDA (and always at the end of an epoch)."""
@@ -96,6 +100,8 @@ class DistillerConfig:
             raise ConfigError(f"DistillerConfig.lr={self.lr!r} must be a finite number > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"DistillerConfig.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if not isinstance(self.stale_max_age, int) or self.stale_max_age < 0:
+            raise ConfigError(f"DistillerConfig.stale_max_age={self.stale_max_age!r} must be an integer >= 0")
         if self.finite_check_every is not None and (
             not isinstance(self.finite_check_every, int) or self.finite_check_every < 1
         ):
@@ -106,6 +112,41 @@ class DistillerConfig:
             raise ConfigError(f"DistillerConfig.teacher_source={self.teacher_source!r} must be 'cache' or 'online'")
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple((int(s), int(t)) for s, t in self.layer_map))
+
+
+@dataclass(frozen=True)
+class RunState:
+    """An in-memory copy of a KD run's full state between two :meth:`Distiller.train_epoch` calls.
+
+    Taken by :meth:`Distiller.snapshot` and put back by :meth:`Distiller.restore`: the student and
+    projection weights, the optimizer state (moments, step counts, learning rate), the position in
+    the learning-rate schedule, every RNG the run draws from (numpy data order, the torch generator
+    of random selection, the run's own global-RNG state for dropout), the current epoch
+    permutation (between the parts of an epoch) and the per-instance uncertainty memory of
+    ``scoring='stale'``. Everything is a private copy: training on after a snapshot never changes
+    it, and one snapshot can be restored any number of times. It lives on the run's device.
+    """
+
+    seed: int
+    epoch: int
+    progress: float
+    global_step: int
+    student: dict[str, torch.Tensor]
+    projections: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    numpy_rng: dict[str, Any]
+    torch_gen: torch.Tensor
+    global_rng: dict[str, torch.Tensor]
+    perm: np.ndarray | None
+    memory: dict[str, torch.Tensor]
+
+    @property
+    def num_bytes(self) -> int:
+        """Approximate memory held (tensors only)."""
+        tensors = [*self.student.values(), *self.projections.values(), *self.memory.values()]
+        for state in self.optimizer["state"].values():
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
@@ -303,6 +344,11 @@ class Distiller:
         self.progress = 0.0
         self.global_step = 0
         self._perm: np.ndarray | None = None
+        # scoring='stale': every train instance's logits from its last forward pass (training or
+        # scoring) and the epoch of that pass (-1 = never seen); the staleness test runs on the host.
+        n_train = len(self._student_enc["train"])
+        self._memory_logits = torch.zeros((n_train, self.spec.num_labels), dtype=torch.float32, device=self.device)
+        self._memory_epoch = np.full(n_train, -1, dtype=np.int64)
         self._finite: torch.Tensor | None = None  # pending NaN/inf flag (see _check_finite)
         self._finite_terms: dict[str, torch.Tensor] | None = None
 
@@ -373,7 +419,10 @@ class Distiller:
         pool = self._perm[part * n_train // parts : (part + 1) * n_train // parts]
         acc = _Accumulator(self.num_teachers)
         if plan.scope == "epoch" and plan.fraction < 1.0 and len(pool) > 0:
-            scores = self._score(pool, plan.selection, acc)
+            if plan.scoring == "stale" and plan.selection != "random":
+                scores = self._stale_scores(pool, plan.selection, acc)
+            else:
+                scores = self._score(pool, plan.selection, acc)
             keep = select_most_uncertain(torch.from_numpy(scores), plan.fraction, rounding="round").numpy()
             pool = pool[keep]
         enc = self._student_enc["train"]
@@ -414,6 +463,22 @@ class Distiller:
         )
 
     @torch.inference_mode()
+    def _stale_scores(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
+        """Uncertainty of every pool instance from its last forward pass, rescoring only the stale.
+
+        An instance is stale when it was never seen or its last forward pass is more than
+        ``stale_max_age`` epochs old; only those go through a no-grad scoring pass, so a fraction r
+        of an epoch costs about r (plus a third of the stale share) instead of r + 1/3. Scores
+        remembered from training forwards saw dropout (train mode); rescored ones did not.
+        """
+        seen = self._memory_epoch[pool]
+        stale = (seen < 0) | (self.epoch - seen > self.config.stale_max_age)
+        if stale.any():
+            self._score(pool[stale], rule, acc)  # refreshes the memory of the stale instances
+        idx = torch.from_numpy(pool).to(self.device)
+        return uncertainty_scores(self._memory_logits[idx], rule).cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
     def _score(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
         """Uncertainty of every pool instance (higher = more uncertain), one no-grad pass."""
         enc = self._student_enc["train"]
@@ -428,7 +493,10 @@ class Distiller:
             batch = move_batch(enc.collate(idx, self._pad_to), self.device)
             with self._autocast(self._score_dtype):
                 logits, _ = forward_logits_cls(self.student, batch)
-            on_device[torch.from_numpy(b).to(self.device)] = uncertainty_scores(logits.float(), rule)
+            logits = logits.float()
+            on_device[torch.from_numpy(b).to(self.device)] = uncertainty_scores(logits, rule)
+            self._memory_logits[torch.from_numpy(idx).to(self.device)] = logits
+            self._memory_epoch[idx] = self.epoch
             real, padded = enc.num_tokens(idx, self._pad_to)
             acc.student_flops += forward_flops(self.student, padded, len(idx), padded / len(idx))
         acc.examples_scored += len(pool)
@@ -443,6 +511,8 @@ class Distiller:
             logits, s_cls = forward_logits_cls(self.student, batch, self._student_layers if use_hidden else ())
         logits = logits.float()
         idx_t = torch.from_numpy(idx).to(self.device)
+        self._memory_logits[idx_t] = logits.detach()  # for scoring='stale' (see _stale_scores)
+        self._memory_epoch[idx] = self.epoch
         labels = self._labels["train"][idx_t]
         if self.spec.is_regression:
             ce = losses.regression_loss(logits, labels.float())
@@ -657,6 +727,7 @@ class Distiller:
             if self._perm is not None:
                 rng["perm"] = torch.from_numpy(self._perm.astype(np.int64))
             save_file(rng, str(tmp / "rng.safetensors"))
+            save_file({k: v.contiguous() for k, v in self._memory_state().items()}, str(tmp / "memory.safetensors"))
             state = {
                 "seed": self.seed, "epoch": self.epoch, "progress": self.progress, "global_step": self.global_step,
                 "numpy_rng": self.rng.bit_generator.state, "config": asdict(self.config),
@@ -669,6 +740,58 @@ class Distiller:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return path
+
+    def snapshot(self) -> RunState:
+        """An in-memory copy of the full run state (see :class:`RunState`), cheap next to an epoch.
+
+        :meth:`restore` of it continues the run exactly as if it had never been interrupted:
+        on the CPU, the epochs after a restore are bit-for-bit those of the uninterrupted run.
+        """
+        self._check_finite(None, None)  # a pending NaN/inf flag belongs to the steps before the snapshot
+        return RunState(
+            seed=self.seed, epoch=self.epoch, progress=self.progress, global_step=self.global_step,
+            student={k: v.detach().clone() for k, v in self.student.state_dict().items()},
+            projections={k: v.detach().clone() for k, v in self.projections.state_dict().items()},
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            numpy_rng=copy.deepcopy(self.rng.bit_generator.state),
+            torch_gen=self.torch_gen.get_state().clone(),
+            global_rng={k: v.clone() for k, v in self._rng_states.items()},
+            perm=None if self._perm is None else self._perm.copy(),
+            memory={k: v.clone() for k, v in self._memory_state().items()},
+        )
+
+    def restore(self, state: RunState) -> None:
+        """Put the run back in a state taken by :meth:`snapshot` (of this distiller, or one built
+        from the same config); the snapshot itself stays unchanged and reusable.
+
+        :raises ConfigError: a snapshot whose tensors do not fit this run's student.
+        """
+        if not isinstance(state, RunState):
+            raise ConfigError(f"restore needs a RunState from Distiller.snapshot(), got {type(state).__name__}")
+        try:
+            self.student.load_state_dict(state.student)  # copies into the live parameters
+            self.projections.load_state_dict(state.projections)
+        except RuntimeError as e:
+            raise ConfigError(
+                f"the snapshot does not fit this run's student or projections ({e}); restore snapshots only "
+                "into the distiller (or an identically configured one) that took them"
+            ) from e
+        self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))  # a copy: later steps must not touch it
+        self.seed, self.epoch, self.progress, self.global_step = state.seed, state.epoch, state.progress, state.global_step
+        self.rng.bit_generator.state = copy.deepcopy(state.numpy_rng)
+        self.torch_gen.set_state(state.torch_gen.clone())
+        self._rng_states = {k: v.clone() for k, v in state.global_rng.items()}
+        self._perm = None if state.perm is None else state.perm.copy()
+        self._set_memory_state({k: v.clone() for k, v in state.memory.items()})
+        self._finite, self._finite_terms = None, None
+
+    def _memory_state(self) -> dict[str, torch.Tensor]:
+        """The per-instance memory of ``scoring='stale'``: last logits (device) and their epoch (host)."""
+        return {"logits": self._memory_logits, "epoch": torch.from_numpy(self._memory_epoch)}
+
+    def _set_memory_state(self, memory: dict[str, torch.Tensor]) -> None:
+        self._memory_logits = memory["logits"].to(self.device)
+        self._memory_epoch = memory["epoch"].numpy().copy()
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a state written by :meth:`save_checkpoint` (resume or fork a run)."""
@@ -684,6 +807,8 @@ class Distiller:
         self._rng_states = {k[len("global_"):]: v for k, v in rng.items() if k.startswith("global_")}
         self.torch_gen.set_state(rng["gen"])
         self._perm = rng["perm"].numpy() if "perm" in rng else None
+        if (path / "memory.safetensors").exists():  # checkpoints older than scoring='stale' lack it
+            self._set_memory_state(load_file(str(path / "memory.safetensors")))
         self.rng.bit_generator.state = state["numpy_rng"]
         self.epoch, self.progress, self.global_step = state["epoch"], state["progress"], state["global_step"]
 

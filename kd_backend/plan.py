@@ -19,6 +19,7 @@ SelectionRule = Literal["entropy", "margin", "least-confidence", "random"]
 SelectionScope = Literal["batch", "epoch"]
 SelectionNorm = Literal["selected", "batch"]
 ObjectiveMode = Literal["static", "uncertainty", "uncertainty-r"]
+ScoringMode = Literal["fresh", "stale"]
 KDLoss = Literal["kl", "mse"]
 
 TEACHER_MODES: tuple[str, ...] = get_args(TeacherMode)
@@ -27,6 +28,7 @@ SELECTION_SCOPES: tuple[str, ...] = get_args(SelectionScope)
 SELECTION_NORMS: tuple[str, ...] = get_args(SelectionNorm)
 OBJECTIVE_MODES: tuple[str, ...] = get_args(ObjectiveMode)
 KD_LOSSES: tuple[str, ...] = get_args(KDLoss)
+SCORING_MODES: tuple[str, ...] = get_args(ScoringMode)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -68,6 +70,11 @@ class EpochPlan:
     """How batch-scope KD / hidden terms are averaged: over the ``selected`` instances (the paper's
     code: at r = 0.1 each of the ~3 selected instances of a batch of 32 weighs 10x what it weighs in
     full KD) or over the whole ``batch`` (each selected instance keeps its full-KD weight)."""
+    scoring: ScoringMode = "fresh"
+    """Epoch scope only: ``fresh`` (score the whole pool in one no-grad pass first) or ``stale``
+    (reuse each instance's uncertainty from its last forward pass, training or scoring, and rescore
+    only instances never seen or older than ``DistillerConfig.stale_max_age`` epochs: a fraction r
+    then costs about r, not r + 1/3)."""
     objective: ObjectiveMode = "static"
     """``static`` weights, ``uncertainty`` (per instance KD weight 1-u, hidden weight u, as the
     paper) or ``uncertainty-r`` (reversed)."""
@@ -90,6 +97,12 @@ class EpochPlan:
         _check_choice("scope", self.scope, SELECTION_SCOPES)
         _check_choice("selection_norm", self.selection_norm, SELECTION_NORMS)
         _check_choice("objective", self.objective, OBJECTIVE_MODES)
+        _check_choice("scoring", self.scoring, SCORING_MODES)
+        if self.scoring == "stale" and self.scope != "epoch":
+            raise ConfigError(
+                "EpochPlan.scoring='stale' needs scope='epoch' (batch scope already has every instance's "
+                "fresh logits); use scoring='fresh' with scope='batch'"
+            )
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         if (
             not isinstance(self.fraction, (int, float))

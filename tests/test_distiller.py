@@ -38,9 +38,8 @@ def teachers(tokenizer):
 
 
 def make(task, tokenizer, teachers, cache_dir, **overrides) -> Distiller:
-    cfg = DistillerConfig(
-        epochs=2, batch_size=16, eval_batch_size=64, cache_dir=str(cache_dir), device="cpu", **overrides
-    )
+    settings = dict(epochs=2, batch_size=16, eval_batch_size=64, cache_dir=str(cache_dir), device="cpu")
+    cfg = DistillerConfig(**{**settings, **overrides})
 
     def factory(seed: int):
         return build_model("tiny-1x64", 2, len(tokenizer), seed=seed)
@@ -262,3 +261,51 @@ def test_regression_rejects_uncertainty_plans(tmp_path):
     assert stats.losses["kd"] > 0
     ev = d.evaluate("dev")
     assert set(ev.metrics) == {"pearson", "spearman"} and len(ev.teacher_agreement) == 1
+
+
+def _public_stats(stats) -> dict:
+    d = stats.to_dict()
+    d.pop("wall_time")
+    return d
+
+
+def test_snapshot_restore_reproduces_the_run_bit_for_bit(task, tokenizer, teachers, tmp_path):
+    plans = [
+        EpochPlan(teacher_mode="soft", hidden_weight=1.0, objective="uncertainty"),
+        EpochPlan(fraction=0.3, selection="random", scope="epoch", kd_weight=0.5),
+        EpochPlan(fraction=0.4, scope="epoch", scoring="stale", hidden_weight=1.0),
+    ]
+    d = make(task, tokenizer, teachers, tmp_path, epochs=3)
+    d.reset(5)
+    d.train_epoch(plans[0])
+    state = d.snapshot()
+    straight = [_public_stats(d.train_epoch(p)) for p in plans[1:]]
+    weights = {k: v.clone() for k, v in d.student.state_dict().items()}
+    dev = d.evaluate("dev").to_dict()
+    for _ in range(2):  # the snapshot is unchanged by training on, so it restores twice
+        d.reset(9)
+        d.train_epoch(plans[2])  # another run in between
+        d.restore(state)
+        assert [_public_stats(d.train_epoch(p)) for p in plans[1:]] == straight
+        assert all(torch.equal(v, weights[k]) for k, v in d.student.state_dict().items())
+        again = d.evaluate("dev").to_dict()
+        assert {k: v for k, v in again.items() if k != "wall_time"} == {k: v for k, v in dev.items() if k != "wall_time"}
+    assert state.num_bytes > 0
+    with pytest.raises(ConfigError, match="RunState"):
+        d.restore({"student": {}})
+
+
+def test_stale_scoring_rescores_only_what_is_stale(task, tokenizer, teachers, tmp_path):
+    n = len(task.train)
+    d = make(task, tokenizer, teachers, tmp_path, epochs=4, stale_max_age=1)
+    stale = EpochPlan(fraction=0.3, scope="epoch", scoring="stale")
+    first = d.train_epoch(stale)  # nothing seen yet: everything is scored, as with fresh scoring
+    assert first.examples_scored == n
+    full = d.train_epoch(EpochPlan())
+    second = d.train_epoch(stale)  # every instance was trained on in the previous epoch
+    assert second.examples_scored == 0 and second.examples_trained == round(0.3 * n)
+    assert second.student_flops < 0.45 * full.student_flops
+    third = d.train_epoch(stale)  # the 70% not trained in epoch 2 are 2 epochs old now: rescored
+    assert third.examples_scored == n - round(0.3 * n)
+    with pytest.raises(ConfigError, match="scoring='stale' needs scope='epoch'"):
+        EpochPlan(fraction=0.3, scope="batch", scoring="stale")

@@ -9,6 +9,7 @@ import warnings
 import gymnasium
 import numpy as np
 import pytest
+import torch
 
 import envs
 from envs import BoxCodec, DistillationEnv, EnvConfig, MenuCodec, MultiDiscreteCodec, named_plans, tiny_config
@@ -74,6 +75,21 @@ def test_default_menu_covers_the_paper_and_round_trips():
     assert (frac.fraction, frac.selection, frac.scope) == (0.1, "entropy", "epoch")
     assert plans[codec.names.index("objective-uncertainty")].objective == "uncertainty"
     assert plans[codec.names.index("adopt-soft")].teacher_mode == "soft"
+
+
+def test_cheap_selection_plans_can_be_put_on_a_menu(config, distiller):
+    assert not {"frac-0.3-random", "frac-0.3-stale"} & set(MenuCodec(CFG, 2).names)  # default menu unchanged
+    menu = ("kd-mean", "frac-0.3", "frac-0.3-random", "frac-0.3-stale")
+    env = DistillationEnv(config.replace(menu=menu), distiller=distiller)
+    stale, rand = env.codec.decode(3), env.codec.decode(2)
+    assert (stale.fraction, stale.scope, stale.scoring, stale.selection) == (0.3, "epoch", "stale", "entropy")
+    assert (rand.selection, rand.scoring) == ("random", "fresh")
+    _, _, infos = run_episode(env, [0, 1, 3], seed=3)
+    fresh_cost, stale_cost = infos[1]["step_compute"], infos[2]["step_compute"]
+    assert infos[2]["stats"]["examples_scored"] == 0  # everything was seen in the two epochs before
+    assert stale_cost < 0.75 * fresh_cost
+    _, _, infos = run_episode(env, [0, 2, 2], seed=3)
+    assert infos[1]["stats"]["examples_scored"] == 0 and infos[1]["step_compute"] < 0.75 * fresh_cost
 
 
 def test_menu_is_configurable_and_names_unknown_plans():
@@ -225,6 +241,46 @@ def test_same_seed_same_episode(env):
     assert [i["stats"] for i in inf_a] == [i["stats"] for i in inf_b]
     obs_c, _, _ = run_episode(env, actions, seed=12)
     assert not np.array_equal(obs_a[0], obs_c[0]), "different seeds should give different students"
+
+
+def _weights(env):
+    return {k: v.clone() for k, v in env.distiller.student.state_dict().items()}
+
+
+def test_branching_episode_reproduces_the_episode_from_scratch(config, distiller, monkeypatch):
+    """An episode that continues from a stored prefix is, bit for bit on the CPU, the episode trained
+    from scratch with the same seed and plans: observations, rewards, every EpochStats and EvalStats
+    field (ctrl after each step, dev at the end) but wall times, and the final student weights."""
+    names = MenuCodec(config, 2).names
+    a = [names.index(n) for n in ("kd-t1", "frac-0.3", "adopt-soft")]
+    b = [names.index(n) for n in ("kd-t1", "frac-0.3", "pkd")]
+    c = [names.index(n) for n in ("kd-t1", "kd-t0", "pkd")]
+    scratch = DistillationEnv(config, distiller=distiller)
+    ref_b = run_episode(scratch, b, seed=21)
+    ref_b_weights = _weights(scratch)
+    ref_c = run_episode(scratch, c, seed=21)
+    ref_c_weights = _weights(scratch)
+    branching = DistillationEnv(config.replace(branch_cache=8), distiller=distiller)
+    run_episode(branching, a, seed=21)  # stores (kd-t1) and (kd-t1, frac-0.3) of seed 21
+    run_episode(branching, a, seed=22)  # another seed: no sharing
+    assert branching.branches.hits == 0
+    trained = []
+    original = distiller.train_epoch
+    monkeypatch.setattr(distiller, "train_epoch", lambda *args, **kw: trained.append(1) or original(*args, **kw))
+    for actions, ref, ref_weights, skipped in ((b, ref_b, ref_b_weights, 2), (c, ref_c, ref_c_weights, 1)):
+        trained.clear()
+        hits = branching.branches.hits
+        got = run_episode(branching, actions, seed=21)
+        assert branching.branches.hits - hits == skipped and len(trained) == len(actions) - skipped
+        for x, y in zip(got[0], ref[0], strict=True):
+            np.testing.assert_array_equal(x, y)
+        assert got[1] == ref[1]
+        assert got[2] == ref[2]  # infos: plans, EpochStats, ctrl EvalStats, dev EvalStats (no wall times)
+        assert "dev" in got[2][-1]
+        weights = _weights(branching)
+        assert weights.keys() == ref_weights.keys()
+        assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert branching.branches.stats()["stored"] <= 8
 
 
 def test_dev_split_is_only_read_after_the_last_step(config, distiller, monkeypatch):

@@ -1,0 +1,500 @@
+"""A comparison protocol that cannot flatter the controller (issue 9, item 1).
+
+1. **Candidates** (:func:`candidate_schedules`): every menu plan applied to every step (*static*
+   plans) and a cheap *grid* of fixed schedules "plan A for the first epoch, plan B for the rest"
+   (A from ``first_plans``, by default the menu's full-data plans; B from ``rest_plans``, by
+   default the whole menu).
+2. **Selection** on *selection seeds*, disjoint from the evaluation seeds, with the dev split
+   sealed (the selection env never reports dev, and :func:`dev_sealed` makes any dev evaluation
+   raise): the **reference** is the candidate with the best mean ctrl score; the **best static
+   plan** is the best static candidate by the same rule. Dev never chooses anything.
+3. **Evaluation** on fresh *evaluation seeds*: the reference, the best static plan, the given
+   controllers (the paper's heuristics, random, learned policies, schedules) and, optionally, every
+   candidate, whose dev-best is the **oracle**: an upper bound chosen on the evaluation seeds' dev
+   scores, not a fair reference.
+4. **Report** (:func:`report_rows`): per controller dev and ctrl mean ± standard error, mean
+   compute, the *paired* per-seed difference to the reference (mean ± SE of the differences, which
+   cancels the seed's shared luck) and the compute ratio to the best static plan; plus the search
+   cost (episodes, decisions retrained and replayed from branches, CPU seconds), so that a learned
+   controller's learning cost can be set against the grid search behind the reference.
+
+Candidates share prefixes (every "A then B" starts with A's first epoch), so the search runs on
+an env with branching episodes (:mod:`envs.branching`): with the same seed, a shared prefix is
+trained once and replayed bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from agents.baselines import Controller, EpisodeRecord, ScheduleController, evaluate_controller
+from envs.actions import MenuCodec
+from envs.distillation_env import DistillationEnv
+from kd_backend.errors import ConfigError, DynaKDError
+from kd_backend.io import atomic_write_json, atomic_write_text
+from kd_backend.plan import EpochPlan
+
+CandidateKind = Literal["static", "grid"]
+ORACLE_ROLE = "oracle (dev-chosen upper bound, not a fair reference)"
+
+
+class DevReadDuringSelection(DynaKDError):
+    """The dev split was evaluated while candidates were being selected (a protocol bug)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fixed schedule the reference is chosen from.
+
+    :param name: ``A`` for a static plan, ``A>B`` for "A for the first epoch, B for the rest".
+    :param kind: ``static`` or ``grid``.
+    :param plans: one plan per decision of an episode.
+    """
+
+    name: str
+    kind: CandidateKind
+    plans: tuple[EpochPlan, ...]
+
+    def controller(self) -> ScheduleController:
+        """The open-loop controller that applies this schedule."""
+        return ScheduleController(self.plans, name=self.name)
+
+
+def menu_plans(env: DistillationEnv) -> dict[str, EpochPlan]:
+    """The env's discrete menu (``EnvConfig.menu``, or the default) as decoded plans, by name,
+    whatever the env's action space."""
+    codec = MenuCodec(env.config, env.distiller.num_teachers, env.distiller.spec.is_regression)
+    return dict(zip(codec.names, codec.plans, strict=True))
+
+
+def is_full_data(plan: EpochPlan) -> bool:
+    """Whether a plan trains on every instance (fraction 1, or the paper's batch-scope selection)."""
+    return plan.fraction >= 1.0 or plan.scope == "batch"
+
+
+def candidate_schedules(
+    plans: Mapping[str, EpochPlan],
+    steps: int,
+    first_steps: int = 1,
+    first_plans: Sequence[str] | None = None,
+    rest_plans: Sequence[str] | None = None,
+) -> list[Candidate]:
+    """Static plans (each plan every step) and the "A first, then B" grid (A != B).
+
+    :param plans: the menu, by name.
+    :param steps: decisions per episode.
+    :param first_steps: decisions of the first epoch (``decisions_per_epoch``).
+    :param first_plans: names A may take; None = the menu's full-data plans (:func:`is_full_data`).
+    :param rest_plans: names B may take; None = the whole menu. Empty ``first_plans`` or
+        ``rest_plans`` leave only the static plans.
+    :return: static candidates first (menu order), then the grid, grouped by A (so that schedules
+        sharing a first epoch run back to back and share its branch).
+    :raises ConfigError: an unknown name, or fewer steps than the first epoch plus one.
+    """
+    if not plans:
+        raise ConfigError("candidate_schedules needs at least one plan on the menu")
+    first = [n for n, p in plans.items() if is_full_data(p)] if first_plans is None else list(first_plans)
+    rest = list(plans) if rest_plans is None else list(rest_plans)
+    unknown = sorted({n for n in (*first, *rest) if n not in plans})
+    if unknown:
+        raise ConfigError(f"grid plan name(s) {unknown} are not on the menu {list(plans)}; name menu plans")
+    out = [Candidate(n, "static", (p,) * steps) for n, p in plans.items()]
+    if (first or rest) and steps <= first_steps:
+        raise ConfigError(
+            f"an 'A first, then B' grid needs more than the first epoch's {first_steps} decision(s) per episode "
+            f"(the episode has {steps}); use a longer horizon, or pass no grid plans"
+        )
+    for a in dict.fromkeys(first):
+        for b in dict.fromkeys(rest):
+            if a != b:
+                out.append(Candidate(f"{a}>{b}", "grid", (plans[a],) * first_steps + (plans[b],) * (steps - first_steps)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample sd / sqrt(n)); the SE is NaN below two values."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    se = float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else float("nan")
+    return float(arr.mean()), se
+
+
+def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]) -> tuple[float, float]:
+    """Mean ± SE of the per-seed differences ``values[s] - reference[s]``.
+
+    :param values: score per seed of the controller.
+    :param reference: score per seed of the reference; it must cover the same seeds.
+    :raises ConfigError: the two were not run on the same seeds.
+    """
+    if set(values) != set(reference):
+        raise ConfigError(
+            f"a paired difference needs the same seeds on both sides, got {sorted(values)} and {sorted(reference)}"
+        )
+    return mean_se([values[s] - reference[s] for s in sorted(values)])
+
+
+def _by_controller(records: Sequence[EpisodeRecord]) -> dict[str, list[EpisodeRecord]]:
+    groups: dict[str, list[EpisodeRecord]] = {}
+    for r in records:
+        groups.setdefault(r.controller, []).append(r)
+    return groups
+
+
+def _per_seed(records: Sequence[EpisodeRecord], attr: str) -> dict[int, float]:
+    out = {}
+    for r in records:
+        value = getattr(r, attr)
+        if value is None:
+            raise ConfigError(f"episode of {r.controller!r} seed {r.seed} has no {attr}; evaluate with report_dev on")
+        out[r.seed] = float(value)
+    return out
+
+
+def selection_table(candidates: Sequence[Candidate], records: Sequence[EpisodeRecord]) -> list[dict[str, Any]]:
+    """Each candidate's mean ± SE ctrl score and mean compute over the selection seeds (no dev column:
+    dev is never read while selecting), ranked best first by ctrl score."""
+    groups = _by_controller(records)
+    rows = []
+    for c in candidates:
+        if c.name not in groups:
+            raise ConfigError(f"candidate {c.name!r} has no selection episode")
+        ctrl, ctrl_se = mean_se([r.final_ctrl_score for r in groups[c.name]])
+        rows.append({
+            "candidate": c.name, "kind": c.kind, "episodes": len(groups[c.name]), "ctrl_score": ctrl,
+            "ctrl_score_se": ctrl_se, "compute": mean_se([r.total_compute for r in groups[c.name]])[0],
+        })
+    # Best ctrl first; a tie goes to the cheaper, then to the earlier candidate (a stable sort).
+    rows.sort(key=lambda r: (-r["ctrl_score"], r["compute"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def pick_reference(table: Sequence[Mapping[str, Any]], kind: CandidateKind | None = None) -> str:
+    """The best candidate of a :func:`selection_table` by ctrl score (``kind``: among those only)."""
+    rows = [r for r in table if kind is None or r["kind"] == kind]
+    if not rows:
+        raise ConfigError(f"no {kind or ''} candidate to pick a reference from".replace("  ", " "))
+    return min(rows, key=lambda r: r["rank"])["candidate"]
+
+
+def pick_oracle(records: Sequence[EpisodeRecord], names: Sequence[str]) -> str:
+    """The candidate with the best mean *dev* score on the evaluation seeds (an upper bound only)."""
+    groups = _by_controller(records)
+    return max(names, key=lambda n: mean_se(list(_per_seed(groups[n], "final_dev_score").values()))[0])
+
+
+def report_rows(
+    records: Sequence[EpisodeRecord], roles: Mapping[str, Sequence[str]], reference: str, best_static: str
+) -> list[dict[str, Any]]:
+    """One row per controller of ``roles`` (in its order) over the evaluation seeds.
+
+    Columns: dev and ctrl score mean ± SE, compute mean, the paired per-seed differences to the
+    reference (dev and ctrl; mean ± SE of the differences), the compute ratio to the best static
+    plan, and ``upper_bound`` (True for the oracle).
+    """
+    groups = _by_controller(records)
+    ref = groups[reference]
+    ref_dev, ref_ctrl = _per_seed(ref, "final_dev_score"), _per_seed(ref, "final_ctrl_score")
+    static_compute = mean_se([r.total_compute for r in groups[best_static]])[0]
+    rows = []
+    for name, role in roles.items():
+        group = groups[name]
+        dev, ctrl = _per_seed(group, "final_dev_score"), _per_seed(group, "final_ctrl_score")
+        dev_m, dev_se = mean_se(list(dev.values()))
+        ctrl_m, ctrl_se = mean_se(list(ctrl.values()))
+        d_dev, d_dev_se = paired_difference(dev, ref_dev)
+        d_ctrl, d_ctrl_se = paired_difference(ctrl, ref_ctrl)
+        compute = mean_se([r.total_compute for r in group])[0]
+        rows.append({
+            "controller": name, "role": ", ".join(role), "episodes": len(group),
+            "seeds": " ".join(str(s) for s in sorted(dev)),
+            "dev_score": dev_m, "dev_score_se": dev_se, "ctrl_score": ctrl_m, "ctrl_score_se": ctrl_se,
+            "compute": compute, "dev_diff_vs_reference": d_dev, "dev_diff_vs_reference_se": d_dev_se,
+            "ctrl_diff_vs_reference": d_ctrl, "ctrl_diff_vs_reference_se": d_ctrl_se,
+            "compute_ratio_vs_best_static": compute / static_compute if static_compute > 0 else float("nan"),
+            "upper_bound": ORACLE_ROLE in role,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- running
+@contextlib.contextmanager
+def dev_sealed(distiller: Any) -> Iterator[None]:
+    """Within the block, any evaluation of the dev split raises :class:`DevReadDuringSelection`."""
+    had = "evaluate" in distiller.__dict__
+    inner = distiller.evaluate
+
+    def evaluate(split: str = "ctrl"):
+        if split == "dev":
+            raise DevReadDuringSelection(
+                "the dev split was evaluated during the protocol's selection phase; selection must use ctrl only "
+                "(run the selection env with report_dev=False)"
+            )
+        return inner(split)
+
+    distiller.evaluate = evaluate
+    try:
+        yield
+    finally:
+        if had:
+            distiller.evaluate = inner
+        else:
+            del distiller.evaluate
+
+
+@dataclass
+class PhaseCost:
+    """What one phase of the protocol spent."""
+
+    episodes: int = 0
+    decisions: int = 0
+    decisions_replayed: int = 0
+    """Decisions served from a stored branch (not retrained)."""
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def fraction_replayed(self) -> float:
+        return self.decisions_replayed / self.decisions if self.decisions else 0.0
+
+    def to_dict(self, decisions_per_epoch: int = 1) -> dict[str, Any]:
+        return {
+            "episodes": self.episodes, "decisions": self.decisions, "decisions_replayed": self.decisions_replayed,
+            "epochs_trained": (self.decisions - self.decisions_replayed) / decisions_per_epoch,
+            "fraction_replayed": self.fraction_replayed, "cpu_seconds": self.cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+@dataclass
+class ProtocolResult:
+    """Everything the protocol chose, ran and measured (see :func:`write_protocol`)."""
+
+    candidates: list[Candidate]
+    selection: list[dict[str, Any]]
+    reference: str
+    best_static: str
+    oracle: str | None
+    rows: list[dict[str, Any]]
+    selection_records: list[EpisodeRecord]
+    eval_records: list[EpisodeRecord]
+    selection_seeds: tuple[int, ...]
+    eval_seeds: tuple[int, ...]
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _run(
+    env: DistillationEnv, controllers: Mapping[str, Controller], seeds: Sequence[int], cost: PhaseCost,
+    seed_major: bool, progress: Any = None,
+) -> list[EpisodeRecord]:
+    """Every controller on every seed; ``seed_major``: all controllers per seed (branch sharing)."""
+    pairs = [(n, s) for s in seeds for n in controllers] if seed_major else [(n, s) for n in controllers for s in seeds]
+    hits0 = env.branches.hits if env.branches is not None else 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    records = []
+    for name, seed in pairs:
+        records.extend(evaluate_controller(env, controllers[name], [seed], deterministic=True, name=name))
+        if progress is not None:
+            progress.update(1)
+    cost.episodes += len(pairs)
+    cost.decisions += len(pairs) * env.steps_per_episode
+    cost.decisions_replayed += (env.branches.hits if env.branches is not None else 0) - hits0
+    cost.cpu_seconds += time.process_time() - cpu0
+    cost.wall_seconds += time.perf_counter() - wall0
+    order = {n: i for i, n in enumerate(controllers)}
+    return sorted(records, key=lambda r: order[r.controller])  # stable: seeds stay in order
+
+
+def run_protocol(
+    env: DistillationEnv,
+    candidates: Sequence[Candidate],
+    controllers: Mapping[str, Controller],
+    selection_seeds: Sequence[int],
+    eval_seeds: Sequence[int],
+    oracle: bool = True,
+    branch_cache: int = 64,
+    show_progress: bool = False,
+) -> ProtocolResult:
+    """Select the reference on ctrl (selection seeds), then evaluate everything on fresh seeds.
+
+    :param env: the env (its distiller, task and settings are shared; its own branch cache and
+        ``report_dev`` are not used: the protocol builds a sealed selection env and an eval env).
+    :param candidates: see :func:`candidate_schedules` (at least one static one).
+    :param controllers: further controllers evaluated on ``eval_seeds`` (paper heuristics, random,
+        policies, schedules). One named like an evaluated candidate (every candidate with
+        ``oracle``, else the reference and the best static plan) reuses that candidate's episodes.
+    :param selection_seeds: seeds of the selection episodes.
+    :param eval_seeds: seeds of the evaluation episodes (>= 2, disjoint from ``selection_seeds``).
+    :param oracle: also evaluate every candidate on ``eval_seeds`` and report the dev-best (the
+        oracle upper bound); False evaluates only the reference and the best static plan.
+    :param branch_cache: epoch states kept for prefix sharing (0 = retrain every prefix).
+    :raises ConfigError: overlapping or too few seeds, duplicate names, no static candidate.
+    """
+    sel_seeds, ev_seeds = tuple(int(s) for s in selection_seeds), tuple(int(s) for s in eval_seeds)
+    if not sel_seeds:
+        raise ConfigError("the protocol needs at least one selection seed")
+    if len(set(ev_seeds)) < 2 or len(set(ev_seeds)) != len(ev_seeds):
+        raise ConfigError(f"eval_seeds={list(ev_seeds)} must be >= 2 distinct seeds (a standard error needs two)")
+    overlap = sorted(set(sel_seeds) & set(ev_seeds))
+    if overlap:
+        raise ConfigError(
+            f"seeds {overlap} are both selection and evaluation seeds; the reference must be chosen on seeds "
+            "it is not evaluated on: pass disjoint --selection-seeds and --seeds"
+        )
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"candidate names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    if not any(c.kind == "static" for c in candidates):
+        raise ConfigError("the candidates hold no static plan; the best static plan is part of the report")
+    for c in candidates:
+        if len(c.plans) != env.steps_per_episode:
+            raise ConfigError(f"candidate {c.name!r} has {len(c.plans)} plans; an episode has {env.steps_per_episode}")
+    schedules = {c.name: c.controller() for c in candidates}
+    base = env.config.replace(branch_cache=branch_cache)
+    select_env = DistillationEnv(base.replace(report_dev=False), distiller=env.distiller)
+    eval_env = DistillationEnv(base.replace(report_dev=True), distiller=env.distiller)
+    total = len(candidates) * (len(sel_seeds) + (len(ev_seeds) if oracle else 0)) + len(controllers) * len(ev_seeds)
+    from tqdm.auto import tqdm
+
+    costs = {"selection": PhaseCost(), "candidates_eval": PhaseCost(), "controllers_eval": PhaseCost()}
+    with tqdm(total=total, desc="protocol", unit="episode", disable=not show_progress, dynamic_ncols=True) as bar:
+        with dev_sealed(env.distiller):
+            selection_records = _run(select_env, schedules, sel_seeds, costs["selection"], seed_major=True, progress=bar)
+        table = selection_table(candidates, selection_records)
+        reference, best_static = pick_reference(table), pick_reference(table, "static")
+        chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static))}
+        extras = {n: c for n, c in controllers.items() if n not in chosen}  # a candidate's runs are reused
+        eval_records = _run(eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar)
+        eval_records += _run(eval_env, extras, ev_seeds, costs["controllers_eval"], seed_major=False, progress=bar)
+    oracle_name = pick_oracle(eval_records, list(schedules)) if oracle else None
+    roles: dict[str, list[str]] = {}
+    roles.setdefault(reference, []).append("reference (ctrl-best of static plans and grid)")
+    roles.setdefault(best_static, []).append("best static plan (by ctrl)")
+    if oracle_name is not None:
+        roles.setdefault(oracle_name, []).append(ORACLE_ROLE)
+    for n in controllers:
+        roles.setdefault(n, []).append("controller")
+    rows = report_rows(eval_records, roles, reference, best_static)
+    per_epoch = env.decisions_per_epoch
+    return ProtocolResult(
+        candidates=list(candidates), selection=table, reference=reference, best_static=best_static,
+        oracle=oracle_name, rows=rows, selection_records=selection_records, eval_records=eval_records,
+        selection_seeds=sel_seeds, eval_seeds=ev_seeds,
+        costs={k: v.to_dict(per_epoch) for k, v in costs.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- output
+def format_protocol(result: ProtocolResult) -> str:
+    """The report as text: rows, then the reference and the search cost."""
+    header = ("controller", "dev ± SE", "ctrl ± SE", "compute", "Δdev vs ref (paired)", "compute / best static", "role")
+    lines = [
+        (
+            r["controller"], f"{100 * r['dev_score']:.1f} ± {100 * r['dev_score_se']:.1f}",
+            f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_se']:.1f}", f"{r['compute']:.2f}",
+            f"{100 * r['dev_diff_vs_reference']:+.1f} ± {100 * r['dev_diff_vs_reference_se']:.1f}",
+            f"{r['compute_ratio_vs_best_static']:.2f}", r["role"],
+        )
+        for r in result.rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 6) else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
+    sel = result.costs["selection"]
+    out.append(
+        f"scores in points over evaluation seeds {list(result.eval_seeds)}; compute in plain full-data student epochs. "
+        f"Reference {result.reference!r} chosen on ctrl over selection seeds {list(result.selection_seeds)} "
+        f"among {len(result.candidates)} candidates; grid search cost: {sel['episodes']} episodes, "
+        f"{sel['epochs_trained']:.0f} epochs trained ({100 * sel['fraction_replayed']:.0f}% of decisions replayed "
+        f"from branches), {sel['cpu_seconds']:.0f} CPU s."
+    )
+    if result.oracle is not None:
+        out.append(f"The oracle ({result.oracle!r}) is chosen on the evaluation seeds' dev scores: an upper bound only.")
+    return "\n".join(out)
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_frontier(result: ProtocolResult, path: str | Path) -> Path:
+    """Dev score vs compute on the evaluation seeds: every evaluated candidate (grey), their
+    Pareto frontier, and each report row with its SE bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    groups = _by_controller(result.eval_records)
+    points = []
+    for c in result.candidates:
+        if c.name in groups:
+            g = groups[c.name]
+            points.append((mean_se([r.total_compute for r in g])[0], 100 * mean_se([r.final_dev_score for r in g])[0]))
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.scatter(xs, ys, color="0.6", s=14, label="candidates (static and grid)", zorder=1)
+        frontier, best = [], -math.inf
+        for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+            if y > best:
+                frontier.append((x, y))
+                best = y
+        ax.step(*zip(*frontier, strict=True), where="post", color="0.4", linewidth=1, label="candidates' frontier")
+    markers = "osD^v<>phX*"
+    for i, r in enumerate(result.rows):
+        ax.errorbar(
+            r["compute"], 100 * r["dev_score"], yerr=100 * np.nan_to_num(r["dev_score_se"]), color=f"C{i % 10}",
+            marker=markers[i % len(markers)], markersize=9, markerfacecolor="none", markeredgewidth=2, capsize=3,
+            linestyle="none", label=f"{r['controller']} ({r['role'].split(' (')[0]})", zorder=3,
+        )
+    ax.set_xlabel("compute per KD run (plain full-data epochs of the student)")
+    ax.set_ylabel("final dev score (points, mean ± SE over evaluation seeds)")
+    ax.set_title(f"dev vs compute; reference {result.reference} chosen on ctrl")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def write_protocol(out_dir: str | Path, result: ProtocolResult, **metadata: Any) -> list[Path]:
+    """Write ``protocol.csv`` (the report), ``selection.csv`` (every candidate's ctrl score and compute),
+    ``protocol.json`` (choices, seeds, costs, rows, selection table, ``metadata``), ``protocol.png``
+    (the frontier), ``selection.jsonl`` and ``evaluation.jsonl`` (every episode)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "protocol.csv", result.rows)
+    _write_csv(out / "selection.csv", result.selection)
+    plans = {c.name: [p.to_dict() for p in c.plans] for c in result.candidates}
+    atomic_write_json(out / "protocol.json", {
+        "reference": result.reference, "reference_plans": plans[result.reference],
+        "best_static": result.best_static, "oracle": result.oracle, "oracle_is_upper_bound": True,
+        "selection_seeds": list(result.selection_seeds), "eval_seeds": list(result.eval_seeds),
+        "chosen_by": "mean final ctrl score over the selection seeds (dev never read during selection)",
+        "costs": result.costs, "rows": result.rows, "selection": result.selection, **metadata,
+    })
+    for name, records in (("selection.jsonl", result.selection_records), ("evaluation.jsonl", result.eval_records)):
+        atomic_write_text(out / name, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    plot_frontier(result, out / "protocol.png")
+    return [out / n for n in ("protocol.csv", "selection.csv", "protocol.json", "protocol.png")]

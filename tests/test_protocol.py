@@ -1,0 +1,190 @@
+"""The fair comparison protocol: candidates, selection on ctrl only (dev sealed), paired statistics,
+the oracle's label, branch sharing in the grid, and the ``compare.py --protocol`` script."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents import EpisodeRecord, RandomController, candidate_schedules, dev_sealed, menu_plans, run_protocol
+from agents.protocol import (
+    ORACLE_ROLE, DevReadDuringSelection, mean_se, paired_difference, pick_oracle, pick_reference, report_rows,
+    selection_table,
+)
+from envs import DistillationEnv, tiny_config
+from kd_backend.errors import ConfigError
+from kd_backend.pipeline import build_distiller
+from kd_backend.plan import EpochPlan
+
+REPO = Path(__file__).resolve().parents[1]
+MENU = ("kd-t0", "kd-t1", "frac-0.3")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"  # shared with test_env / test_agents
+    cache.mkdir(exist_ok=True)
+    return tiny_config(cache_dir=str(cache), horizon=2, menu=MENU)
+
+
+@pytest.fixture(scope="module")
+def env(config):
+    return DistillationEnv(config, distiller=build_distiller(config.backend))
+
+
+def record(name: str, seed: int, ctrl: float, dev: float | None, compute: float = 3.0) -> EpisodeRecord:
+    return EpisodeRecord(controller=name, seed=seed, final_ctrl_score=ctrl, final_dev_score=dev, total_compute=compute)
+
+
+# ------------------------------------------------------------------------------------------- pure parts
+def test_candidates_are_static_plans_and_a_first_then_rest_grid():
+    plans = {"a": EpochPlan(), "b": EpochPlan(kd_weight=0.0), "small": EpochPlan(fraction=0.3),
+             "paper": EpochPlan(fraction=0.1, scope="batch", selection="margin")}
+    cands = candidate_schedules(plans, steps=3)
+    static = [c.name for c in cands if c.kind == "static"]
+    grid = [c.name for c in cands if c.kind == "grid"]
+    assert static == ["a", "b", "small", "paper"]
+    # first epoch: full-data plans only by default (batch-scope selection trains on every instance)
+    assert grid == [f"{a}>{b}" for a in ("a", "b", "paper") for b in plans if b != a]
+    ab = next(c for c in cands if c.name == "a>small")
+    assert ab.plans == (plans["a"], plans["small"], plans["small"])
+    two_parts = candidate_schedules(plans, steps=4, first_steps=2, first_plans=["small"], rest_plans=["a"])
+    assert [c.plans for c in two_parts if c.kind == "grid"] == [(plans["small"],) * 2 + (plans["a"],) * 2]
+    assert len(candidate_schedules(plans, steps=3, first_plans=[], rest_plans=[])) == 4
+    with pytest.raises(ConfigError, match="not on the menu"):
+        candidate_schedules(plans, steps=3, first_plans=["nope"])
+
+
+def test_reference_follows_ctrl_not_dev_and_the_oracle_follows_dev():
+    # "dev-best" has the best dev but a worse ctrl than "ctrl-best": the reference must be ctrl-best.
+    selection = [
+        record("ctrl-best", 1, 0.70, None), record("ctrl-best", 2, 0.72, None),
+        record("dev-best", 1, 0.60, None), record("dev-best", 2, 0.62, None),
+        record("static", 1, 0.65, None), record("static", 2, 0.66, None),
+    ]
+    kinds = {"ctrl-best": "grid", "dev-best": "grid", "static": "static"}
+    cands = [type("C", (), {"name": n, "kind": k})() for n, k in kinds.items()]
+    table = selection_table(cands, selection)
+    assert "dev_score" not in table[0]
+    assert [r["candidate"] for r in table] == ["ctrl-best", "static", "dev-best"]
+    assert table[0]["ctrl_score"] == pytest.approx(0.71)
+    assert pick_reference(table) == "ctrl-best" and pick_reference(table, "static") == "static"
+    evaluation = [record("ctrl-best", s, 0.7, 0.60) for s in (5, 6)] + [record("dev-best", s, 0.6, 0.80) for s in (5, 6)]
+    assert pick_oracle(evaluation, ["ctrl-best", "dev-best"]) == "dev-best"
+
+
+def test_paired_differences_and_standard_errors_against_hand_values():
+    ref = [record("ref", s, c, d, 3.0) for s, c, d in ((1, 0.50, 0.60), (2, 0.55, 0.70), (3, 0.52, 0.65))]
+    ctl = [record("ctl", s, c, d, 1.5) for s, c, d in ((1, 0.51, 0.62), (2, 0.55, 0.69), (3, 0.50, 0.70))]
+    static = [record("static", s, 0.5, 0.6, 2.0) for s in (1, 2, 3)]
+    rows = report_rows(ref + ctl + static, {"ref": ["reference"], "ctl": ["controller"], "static": ["best static"]},
+                       reference="ref", best_static="static")
+    row = rows[1]
+    # dev differences 0.02, -0.01, 0.05: mean 0.02, sample sd 0.03, SE 0.03 / sqrt(3)
+    assert row["dev_diff_vs_reference"] == pytest.approx(0.02)
+    assert row["dev_diff_vs_reference_se"] == pytest.approx(0.03 / math.sqrt(3))
+    # ctrl differences 0.01, 0, -0.02: mean -1/300, sd sqrt(((1/75)^2 + (1/300)^2 + (1/60)^2) / 2)
+    sd = math.sqrt(((0.01 + 1 / 300) ** 2 + (1 / 300) ** 2 + (-0.02 + 1 / 300) ** 2) / 2)
+    assert row["ctrl_diff_vs_reference"] == pytest.approx(-1 / 300)
+    assert row["ctrl_diff_vs_reference_se"] == pytest.approx(sd / math.sqrt(3))
+    # dev 0.62, 0.69, 0.70: mean 0.67, sd sqrt((0.05^2 + 0.02^2 + 0.03^2) / 2)
+    assert row["dev_score"] == pytest.approx(0.67)
+    assert row["dev_score_se"] == pytest.approx(math.sqrt((0.05**2 + 0.02**2 + 0.03**2) / 2) / math.sqrt(3))
+    assert row["compute"] == 1.5 and row["compute_ratio_vs_best_static"] == pytest.approx(0.75)
+    assert rows[0]["dev_diff_vs_reference"] == 0.0 and not any(r["upper_bound"] for r in rows)
+    assert mean_se([1.0])[1] != mean_se([1.0])[1]  # NaN: no SE from one value
+    with pytest.raises(ConfigError, match="same seeds"):
+        paired_difference({1: 0.5}, {2: 0.5})
+
+
+def test_dev_sealed_raises_on_dev_and_restores_evaluate(env):
+    before = env.distiller.evaluate
+    with dev_sealed(env.distiller):
+        assert env.distiller.evaluate("ctrl").split == "ctrl"
+        with pytest.raises(DevReadDuringSelection, match="selection"):
+            env.distiller.evaluate("dev")
+    assert env.distiller.evaluate == before and "evaluate" not in env.distiller.__dict__
+
+
+# ------------------------------------------------------------------------------------------- the protocol
+def test_protocol_on_the_tiny_env(env, monkeypatch):
+    calls: list[str] = []
+    original = env.distiller.evaluate
+
+    def spy(split="ctrl"):
+        calls.append(split)
+        return original(split)
+
+    monkeypatch.setattr(env.distiller, "evaluate", spy)
+    plans = menu_plans(env)
+    cands = candidate_schedules(plans, env.steps_per_episode)
+    assert [c.name for c in cands] == [*MENU, "kd-t0>kd-t1", "kd-t0>frac-0.3", "kd-t1>kd-t0", "kd-t1>frac-0.3"]
+    controllers = {"random": RandomController(env.action_space, seed=0), "kd-t1": None}  # a candidate: reused
+    result = run_protocol(env, cands, controllers, selection_seeds=[1, 2], eval_seeds=[3, 4], oracle=True)
+
+    # dev is never read during selection: it is read once per evaluation episode (after its last step) only
+    assert all(r.final_dev_score is None for r in result.selection_records)
+    assert calls.count("dev") == len(result.eval_records) == (len(cands) + 1) * 2
+    # the reference is the ctrl-best candidate over the selection seeds, recomputed here by hand
+    by_name: dict[str, list[float]] = {}
+    for r in result.selection_records:
+        by_name.setdefault(r.controller, []).append(r.final_ctrl_score)
+    means = {n: sum(v) / len(v) for n, v in by_name.items()}
+    assert means[result.reference] == max(means.values())
+    assert means[result.best_static] == max(means[n] for n in MENU)
+    # the oracle is the dev-best candidate on the eval seeds, and labelled as an upper bound
+    oracle_row = next(r for r in result.rows if r["controller"] == result.oracle)
+    assert oracle_row["upper_bound"] and ORACLE_ROLE in oracle_row["role"]
+    assert sum(r["upper_bound"] for r in result.rows) == 1
+    assert {r["controller"] for r in result.rows} >= {result.reference, result.best_static, "random", "kd-t1"}
+    ref_row = next(r for r in result.rows if r["controller"] == result.reference)
+    assert ref_row["dev_diff_vs_reference"] == 0.0 and ref_row["role"].startswith("reference")
+    # the grid shares first epochs: with the same seed, "A>B" replays A's first epoch
+    sel = result.costs["selection"]
+    assert sel["episodes"] == len(cands) * 2 and sel["decisions"] == 2 * sel["episodes"]
+    assert sel["decisions_replayed"] == 4 * 2  # each of the 4 grid schedules, on each of the 2 seeds
+    assert sel["cpu_seconds"] > 0
+
+
+def test_protocol_refuses_overlapping_seeds(env):
+    cands = candidate_schedules(menu_plans(env), env.steps_per_episode, first_plans=[], rest_plans=[])
+    with pytest.raises(ConfigError, match="both selection and evaluation"):
+        run_protocol(env, cands, {}, selection_seeds=[1, 2], eval_seeds=[2, 3])
+    with pytest.raises(ConfigError, match=">= 2 distinct"):
+        run_protocol(env, cands, {}, selection_seeds=[1], eval_seeds=[3])
+
+
+def test_compare_protocol_script(config, tmp_path):
+    sys.path.insert(0, str(REPO / "experiments"))
+    import workflow
+
+    cfg_path = tmp_path / "tiny.yaml"
+    workflow.save_config(cfg_path, workflow.CompareConfig(env=config))
+    out = tmp_path / "protocol"
+    cmd = [sys.executable, str(REPO / "experiments" / "compare.py"), "--config", str(cfg_path), "--protocol",
+           "--controllers", "kd-t0", "random", "--selection-seeds", "1", "--seeds", "3", "4", "5", "6", "7",
+           "--first-plans", "kd-t1", "--rest-plans", "frac-0.3", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with (out / "protocol.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    names = [r["controller"] for r in rows]
+    assert {"paper-adoption", "paper-combined", "random", "kd-t0"} <= set(names)
+    assert all(r["episodes"] == "5" for r in rows)
+    with (out / "selection.csv").open() as f:
+        selection = list(csv.DictReader(f))
+    assert {r["candidate"] for r in selection} == {*MENU, "kd-t1>frac-0.3"} and "dev_score" not in selection[0]
+    report = json.loads((out / "protocol.json").read_text())
+    assert report["reference"] == selection[0]["candidate"] and report["oracle_is_upper_bound"]
+    assert report["costs"]["selection"]["episodes"] == 4
+    assert (out / "protocol.png").stat().st_size > 5000
+    assert "oracle" in proc.stdout and "grid search cost" in proc.stdout
+    i = cmd.index("--seeds")
+    bad = subprocess.run(cmd[: i + 1] + ["3", "4"] + cmd[i + 6 :], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "at least 5" in " ".join(bad.stderr.replace("│", " ").split())
