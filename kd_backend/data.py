@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "ctrl", "dev")
+UNLABELLED = -1
+"""The label of a training row without a gold label (class tasks; regression uses NaN)."""
 """The splits of every :class:`TaskData`."""
 CUSTOM_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 """File types :func:`load_task` reads as custom data."""
@@ -125,6 +127,29 @@ class TextSplit:
         h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()
 
+    @property
+    def labelled(self) -> np.ndarray:
+        """Which instances have a gold label, shape ``(N,)`` bool: unlabelled transfer rows carry
+        :data:`UNLABELLED` (class tasks) or NaN (regression)."""
+        if self.is_regression:
+            return np.isfinite(self.labels)
+        return self.labels != UNLABELLED
+
+    def unlabelled(self) -> TextSplit:
+        """The same texts with every gold label removed (a transfer set for KD)."""
+        fill = np.nan if self.is_regression else UNLABELLED
+        return TextSplit(self.text_a, self.text_b, np.full(len(self), fill, dtype=self.labels.dtype))
+
+    def concat(self, other: TextSplit) -> TextSplit:
+        """This split followed by ``other`` (same text columns and label kind)."""
+        if other.is_pair != self.is_pair or other.is_regression != self.is_regression:
+            raise DataError("TextSplit.concat: the splits differ in text columns or label kind")
+        return TextSplit(
+            self.text_a + other.text_a,
+            None if self.text_b is None else self.text_b + other.text_b,
+            np.concatenate([self.labels, other.labels]),
+        )
+
     def select(self, indices: np.ndarray | list[int]) -> TextSplit:
         """The instances at ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -141,9 +166,10 @@ class TaskData:
 
     spec: TaskSpec
     train: TextSplit
-    """Training data (without the ``ctrl`` rows)."""
+    """Training data (without the ``ctrl`` rows). Rows without a gold label (:attr:`TextSplit.labelled`
+    false) form a *transfer set*: they are trained on with the teachers' targets only."""
     ctrl: TextSplit
-    """A seeded slice held out of the training data, disjoint from ``train``."""
+    """A seeded slice held out of the (labelled) training data, disjoint from ``train``."""
     dev: TextSplit
     """The official dev set (MNLI: dev_matched)."""
 
@@ -160,8 +186,13 @@ class TaskData:
             if split.is_regression != self.spec.is_regression:
                 kind = "float (regression)" if split.is_regression else "integer"
                 raise DataError(f"TaskData {self.spec.name!r}: the {name} split has {kind} labels, which the spec does not expect")
+            labelled = split.labelled
+            if name != "train" and not labelled.all():
+                raise DataError(f"TaskData {self.spec.name!r}: the {name} split has unlabelled rows; only train may")
+            if not labelled.any():
+                raise DataError(f"TaskData {self.spec.name!r}: the {name} split has no labelled row")
             if not self.spec.is_regression:
-                bad = (split.labels < 0) | (split.labels >= self.spec.num_labels)
+                bad = ((split.labels < 0) | (split.labels >= self.spec.num_labels)) & labelled
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
                     raise DataError(
@@ -601,6 +632,7 @@ def load_task(
     text_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
     ctrl_rule: str = "dev-length",
+    transfer: int = 0,
 ) -> TaskData:
     """Load a task's train, ctrl and dev splits, deterministically for a seed.
 
@@ -623,6 +655,10 @@ def load_task(
         :data:`TEXT_COLUMN_CANDIDATES` present (``sentence1``+``sentence2``, ..., ``sentence``, ``text``).
     :param label_column: custom files' label column (default ``label``). Integer or string labels
         make classes (sorted; ids follow that order); non-integral numbers make a regression task.
+    :param transfer: unlabelled rows appended to train as a *transfer set* (DistilBERT-style): KD
+        trains on them with the teachers' targets, CE never sees them. The synthetic task generates
+        them (an independent stream); other tasks take a seeded sample of the training rows left
+        unused by ``train_limit`` and drop their labels.
     :param ctrl_rule: how ``ctrl`` is drawn from train (see :func:`select_ctrl`): ``dev-length``
         (default: the same length distribution as dev) or ``random``.
     :raises UnknownTaskError: for an unknown task name.
@@ -630,6 +666,8 @@ def load_task(
     :raises ConfigError: for invalid options or options that do not fit the task.
     """
     _check_options(ctrl_fraction, ctrl_max, seed, train_limit, dev_limit)
+    if not isinstance(transfer, int) or transfer < 0:
+        raise ConfigError(f"transfer={transfer!r} must be an integer >= 0")
     if ctrl_rule not in CTRL_RULES:
         raise ConfigError(f"ctrl_rule={ctrl_rule!r} must be one of {list(CTRL_RULES)}")
     name = str(task).strip()
@@ -671,8 +709,27 @@ def load_task(
     rest = np.setdiff1d(np.arange(n), chosen)
     ctrl = train.select(chosen)
     train = train.select(rest)
-    train = _subset(train, train_limit, np.random.default_rng([seed, 1]))
+    unused = None
+    if train_limit is not None and train_limit < len(train):
+        keep = np.sort(np.random.default_rng([seed, 1]).choice(len(train), size=train_limit, replace=False))
+        unused = train.select(np.setdiff1d(np.arange(len(train)), keep))
+        train = train.select(keep)
+    if transfer:
+        if key is None and name.lower() == SYNTHETIC_TASK.name:
+            from kd_backend.synthetic import SyntheticConfig, make_synthetic_transfer
+
+            pool = make_synthetic_transfer(synthetic or SyntheticConfig(seed=seed), transfer)
+        elif unused is not None and len(unused) >= transfer:
+            pool = unused.select(np.sort(np.random.default_rng([seed, 2]).choice(len(unused), transfer, replace=False)))
+        else:
+            have = 0 if unused is None else len(unused)
+            raise ConfigError(
+                f"transfer={transfer} unlabelled rows were asked for, but {spec.name} has only {have} training rows "
+                "left beyond train_limit; lower transfer or train_limit"
+            )
+        train = train.concat(pool.unlabelled())
     dev = _subset(dev, dev_limit, np.random.default_rng([seed, 3]))
     data = TaskData(spec=spec, train=train, ctrl=ctrl, dev=dev)
-    logger.info("loaded %s: %d train, %d ctrl, %d dev", spec.name, len(train), len(ctrl), len(dev))
+    logger.info("loaded %s: %d train (%d unlabelled), %d ctrl, %d dev", spec.name, len(train),
+                int((~train.labelled).sum()), len(ctrl), len(dev))
     return data

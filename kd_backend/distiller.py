@@ -203,6 +203,13 @@ class Distiller:
         self._labels = {
             s: torch.tensor(np.asarray(task.split(s).labels), device=self.device) for s in SPLITS
         }
+        # Transfer rows (no gold label) get KD only: CE is masked on them, and plans without a teacher skip them.
+        self._labelled = np.asarray(task.train.labelled)
+        self._has_transfer = not bool(self._labelled.all())
+        if self._has_transfer:
+            mask = torch.from_numpy(self._labelled).to(self.device)
+            self._labelled_t = mask
+            self._labels["train"] = torch.where(mask, self._labels["train"], torch.zeros_like(self._labels["train"]))
         self.student = student_factory(self.config.seed)  # rebuilt by reset(); here for its shape
         self._check_student_fits(self.student)
         self._student_enc = self._encode(student_tokenizer)
@@ -291,10 +298,13 @@ class Distiller:
         return out
 
     def _plain_epoch_flops(self) -> float:
-        """Student training FLOPs of one full epoch with every instance (the compute unit)."""
+        """Student training FLOPs of one plain fine-tuning epoch over the labelled training rows
+        (the compute unit; a transfer set makes a KD epoch cost more than 1)."""
         enc = self._student_enc["train"]
         total = 0.0
-        for idx in length_grouped_batches(enc.lengths, self.config.batch_size, rng=None):
+        labelled = np.flatnonzero(self._labelled)
+        for b in length_grouped_batches(enc.lengths[labelled], self.config.batch_size, rng=None):
+            idx = labelled[b]
             real, padded = enc.num_tokens(idx, self._pad_to)
             total += 3 * forward_flops(self.student, padded, len(idx), padded / len(idx))
         return max(total, 1.0)
@@ -417,6 +427,8 @@ class Distiller:
         if part == 0 or self._perm is None:
             self._perm = self.rng.permutation(n_train)
         pool = self._perm[part * n_train // parts : (part + 1) * n_train // parts]
+        if self._has_transfer and not plan.uses_teachers:
+            pool = pool[self._labelled[pool]]  # nothing to learn from a transfer row without a teacher
         acc = _Accumulator(self.num_teachers)
         if plan.scope == "epoch" and plan.fraction < 1.0 and len(pool) > 0:
             if plan.scoring == "stale" and plan.selection != "random":
@@ -518,7 +530,11 @@ class Distiller:
             ce = losses.regression_loss(logits, labels.float())
         else:
             ce = losses.ce_loss(logits, labels)
-        ce_mean = ce.mean()
+        if self._has_transfer:  # mean over the batch's labelled rows (no host sync: clamp, not a branch)
+            mask = self._labelled_t[idx_t].to(ce.dtype)
+            ce_mean = (ce * mask).sum() / mask.sum().clamp(min=1.0)
+        else:
+            ce_mean = ce.mean()
         kd_mean = ce_mean.new_zeros(())
         hid_mean = ce_mean.new_zeros(())
         if plan.uses_teachers:

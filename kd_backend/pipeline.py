@@ -66,6 +66,11 @@ class BackendConfig(DistillerConfig):
     """Fraction of the training data held out as the ``ctrl`` split that controllers decide on."""
     ctrl_max: int = 2000
     """Cap on the ``ctrl`` split's size."""
+    transfer: int = 0
+    """Unlabelled sentences added to train as a transfer set (DistilBERT-style): KD learns the
+    teachers' targets on them, CE never sees them, and plans without a teacher skip them. The
+    synthetic task generates them; other tasks sample them from the training rows left unused by
+    ``train_limit`` (their labels dropped)."""
     ctrl_rule: str = "dev-length"
     """How ``ctrl`` is drawn from train: ``dev-length`` (with dev's length distribution, so that ctrl
     scores behave like dev; SST-2's train file is mostly short phrases, dev whole sentences) or
@@ -135,7 +140,7 @@ def load_task_data(cfg: BackendConfig) -> TaskData:
     synthetic = SyntheticConfig(num_train=cfg.synthetic_train, num_dev=cfg.synthetic_dev, seed=cfg.data_seed)
     return load_task(
         cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, ctrl_rule=cfg.ctrl_rule,
-        seed=cfg.data_seed,
+        transfer=cfg.transfer, seed=cfg.data_seed,
         train_limit=cfg.train_limit, dev_limit=cfg.dev_limit, synthetic=synthetic,
     )
 
@@ -233,8 +238,9 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
     else:
         tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
         factory, weights = preset_factory(source, task, tokenizer), None
-    recipe = {
-        "preset": source, "task": task.train.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
+    labelled = task.train if task.train.labelled.all() else task.train.select(np.flatnonzero(task.train.labelled))
+    recipe = {  # teachers learn from gold labels: a transfer set does not change them
+        "preset": source, "task": labelled.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
         "epochs": epochs, "lr": lr, "batch_size": cfg.batch_size,
         "max_seq_length": cfg.max_seq_length, "seed": cfg.data_seed,
     }

@@ -217,6 +217,11 @@ def _generate(num: int, rng: np.random.Generator, config: SyntheticConfig) -> Te
     return TextSplit(text_a=tuple(texts), text_b=None, labels=labels)
 
 
+def make_synthetic_transfer(config: SyntheticConfig, num: int) -> TextSplit:
+    """``num`` more sentences of the task from a third independent stream (labels kept; the caller drops them)."""
+    return _generate(num, np.random.default_rng([config.seed, 2]), config)
+
+
 def make_synthetic_task(config: SyntheticConfig | None = None) -> tuple[TaskSpec, TextSplit, TextSplit]:
     """Generate the synthetic task.
 
