@@ -46,6 +46,7 @@ from agents import (
     compatible_algorithms, evaluate_controller, load_agent, make_agent, truncate_episodes,
 )
 from agents.callbacks import EPISODES_FILE
+from agents.storage import load_replay_buffer, load_rng_state
 from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
 from kd_backend.data import load_task
 from kd_backend.distiller import resolve_device
@@ -599,9 +600,17 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
     folder = run_dir / "checkpoints"
     agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo)
     agent.tensorboard_log = str(run_dir / "tensorboard")
-    if checkpoint.get("replay_buffer") and hasattr(agent, "load_replay_buffer"):
-        agent.load_replay_buffer(folder / checkpoint["replay_buffer"])
+    if checkpoint.get("replay_buffer") and getattr(agent, "replay_buffer", None) is not None:
+        load_replay_buffer(agent.replay_buffer, folder / checkpoint["replay_buffer"])
     return agent, done
+
+
+def checkpoint_rng(run_dir: Path) -> dict[str, Any] | None:
+    """The random-number states saved with the run's last checkpoint (None: none saved)."""
+    checkpoint = latest_checkpoint(run_dir)
+    if not checkpoint or not checkpoint.get("rng"):
+        return None
+    return load_rng_state(run_dir / "checkpoints" / checkpoint["rng"])
 
 
 class EpisodeProgress(BaseCallback):
@@ -661,7 +670,7 @@ def learn(agent: BaseAlgorithm, config: LearnConfig, run_dir: Path, done: int, s
     if remaining <= 0:
         return done
     episodes = EpisodeLogger(run_dir, checkpoint_every=config.checkpoint_every, start_episode=done,
-                             checkpoint_at_end=True)
+                             checkpoint_at_end=True, rng_state=checkpoint_rng(run_dir) if done else None)
     progress = EpisodeProgress(config.total_episodes, done, show=show_progress)
     agent.learn(total_timesteps=remaining * config.env.steps_per_episode, callback=[episodes, progress],
                 tb_log_name="sb3", reset_num_timesteps=done == 0)

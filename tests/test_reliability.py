@@ -1,0 +1,198 @@
+"""Issue 11: no code runs from a policy file, no silent wrong results, bad input refused before any
+work with a clear message and nothing left behind, and run state that checks itself."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import EpisodeLogger, load_agent, make_agent, read_episodes
+from agents.storage import read_policy
+from envs import DistillationEnv, tiny_config
+from kd_backend.errors import ConfigError
+from kd_backend.pipeline import build_distiller
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import workflow  # noqa: E402
+from workflow import LearnConfig  # noqa: E402
+
+
+def run_script(script: str, *args: object, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "experiments" / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"  # shared with test_env/test_agents
+    path.mkdir(exist_ok=True)
+    return tiny_config(cache_dir=str(path))
+
+
+@pytest.fixture(scope="module")
+def distiller(config):
+    return build_distiller(config.backend)
+
+
+@pytest.fixture(scope="module")
+def policy_zip(config, distiller, tmp_path_factory) -> Path:
+    env = DistillationEnv(config, distiller=distiller)
+    path = tmp_path_factory.mktemp("policy") / "policy.zip"
+    make_agent("ppo", env).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- security
+class _Payload:
+    """Unpickling this creates ``marker``: the stand-in for arbitrary code in a crafted file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _rewrite_zip(src: Path, dst: Path, change) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            content = change(name, zin.read(name))
+            if content is not None:
+                zout.writestr(name, content)
+    return dst
+
+
+def _evil_data(marker: Path, keep_record: bool):
+    evil = {":type:": "<class 'object'>", ":serialized:": base64.b64encode(pickle.dumps(_Payload(marker))).decode()}
+
+    def change(name: str, content: bytes):
+        if name != "data":
+            return content
+        data = json.loads(content)
+        data["observation_space"] = evil  # SB3 decodes every ':serialized:' entry of data on load
+        data["policy_class"] = evil
+        if not keep_record:
+            del data["dynakd"]
+        return json.dumps(data)
+
+    return change
+
+
+def test_the_crafted_payload_is_real(policy_zip, tmp_path):
+    """Guard of the tests below: SB3's own loader does run the payload of the crafted file."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    marker = tmp_path / "pwned"
+    evil = _rewrite_zip(policy_zip, tmp_path / "evil.zip", _evil_data(marker, keep_record=True))
+    load_from_zip_file(evil)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("keep_record", [True, False])
+def test_loading_a_crafted_policy_runs_no_code(policy_zip, config, distiller, tmp_path, keep_record):
+    marker = tmp_path / "pwned"
+    evil = _rewrite_zip(policy_zip, tmp_path / "evil.zip", _evil_data(marker, keep_record))
+    env = DistillationEnv(config, distiller=distiller)
+    if keep_record:  # the pickled entries are ignored: the policy is rebuilt from the plain record and weights
+        agent = load_agent(evil, env)
+        obs = env.reset(seed=0)[0]
+        assert agent.predict(obs, deterministic=True)[0] == load_agent(policy_zip, env).predict(obs, deterministic=True)[0]
+    else:  # a file without DynaKD's record could only be opened by unpickling: refused
+        with pytest.raises(ConfigError, match="has no DynaKD record.*unpickling"):
+            load_agent(evil, env)
+    assert not marker.exists()
+
+
+def test_a_crafted_weights_entry_is_refused(policy_zip, config, distiller, tmp_path):
+    marker = tmp_path / "pwned"
+
+    def change(name: str, content: bytes):
+        if name != "policy.pth":
+            return content
+        buf = io.BytesIO()
+        torch.save({"x": _Payload(marker)}, buf)  # a torch file whose pickle runs code
+        return buf.getvalue()
+
+    evil = _rewrite_zip(policy_zip, tmp_path / "evil.zip", change)
+    with pytest.raises(ConfigError, match=r"entry policy.pth is not a plain tensor file and was refused"):
+        read_policy(evil)
+    assert not marker.exists()
+
+
+def test_scripts_refuse_a_crafted_policy_before_any_work(policy_zip, config, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _rewrite_zip(policy_zip, tmp_path / "evil.zip", _evil_data(marker, keep_record=False))
+    cfg = tmp_path / "env.yaml"
+    workflow.save_config(cfg, LearnConfig(env=config, eval_seeds=(100,)))
+    out = tmp_path / "replay"
+    proc = run_script("replay_schedule.py", "--config", cfg, "--policy", evil, "--out", out)
+    assert proc.returncode == 1 and "has no DynaKD record" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("compare.py", "--config", cfg, "--controllers", "kd-t0", evil, "--out", tmp_path / "cmp")
+    assert proc.returncode == 1 and "has no DynaKD record" in proc.stderr
+    assert not marker.exists() and not out.exists() and not (tmp_path / "cmp").exists()
+    not_a_zip = tmp_path / "junk.zip"
+    not_a_zip.write_bytes(b"\x80\x04junk")
+    with pytest.raises(ConfigError, match="not a readable .zip"):
+        load_agent(not_a_zip, workflow.SpacesOnlyEnv(workflow.expected_spaces(config)))
+
+
+def test_off_policy_resume_reads_no_pickle(config, distiller, tmp_path):
+    env = DistillationEnv(config, distiller=distiller)
+    length = env.steps_per_episode
+    agent = make_agent("dqn", env, learning_starts=length)
+    agent.learn(total_timesteps=2 * length, callback=EpisodeLogger(tmp_path / "run", checkpoint_every=1))
+    folder = tmp_path / "run" / "checkpoints"
+    latest = json.loads((folder / "latest.json").read_text())
+    assert latest["replay_buffer"].endswith(".npz") and not list(folder.glob("*.pkl"))
+    resumed = load_agent(folder / latest["model"], env)
+    from agents.storage import load_replay_buffer
+
+    load_replay_buffer(resumed.replay_buffer, folder / latest["replay_buffer"])
+    assert resumed.replay_buffer.pos == agent.replay_buffer.pos
+    np.testing.assert_array_equal(resumed.replay_buffer.observations, agent.replay_buffer.observations)
+    assert resumed.exploration_rate == pytest.approx(agent.exploration_rate)
+    for a, b in zip(resumed.policy.parameters(), agent.policy.parameters()):
+        torch.testing.assert_close(a, b)
+    (folder / "old-replay.pkl").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a DynaKD .npz buffer"):
+        load_replay_buffer(resumed.replay_buffer, folder / "old-replay.pkl")
+
+
+# ---------------------------------------------------------------------------------------------- resume = uninterrupted
+def _learn(cfg: LearnConfig, env: DistillationEnv) -> list[dict]:
+    run_dir = workflow.prepare_run_dir(cfg)
+    agent, done = workflow.make_learner(cfg, env, run_dir)
+    workflow.learn(agent, cfg, run_dir, done, show_progress=False)
+    return read_episodes(run_dir / "episodes.jsonl"), agent
+
+
+def test_a_resumed_run_is_the_run_it_would_have_been(config, distiller, tmp_path):
+    env = DistillationEnv(config, distiller=distiller)
+    base = LearnConfig(env=config, runs_dir=str(tmp_path), total_episodes=4, rollout_episodes=2,
+                       checkpoint_every=2, eval_seeds=(100,))
+    whole, whole_agent = _learn(dataclasses.replace(base, name="whole"), env)
+    _learn(dataclasses.replace(base, name="split", total_episodes=2), env)
+    split, split_agent = _learn(dataclasses.replace(base, name="split", resume=str(tmp_path / "split")), env)
+
+    def key(lines):
+        return [(x["episode"], x["step"], x["seed"], json.dumps(x["plan"]), x["reward"]) for x in lines]
+
+    assert len(whole) == len(split) == 4 * env.steps_per_episode
+    assert key(split) == key(whole)  # the same actions after the resume: the sampling RNG was restored
+    for a, b in zip(split_agent.policy.parameters(), whole_agent.policy.parameters()):
+        torch.testing.assert_close(a, b)
