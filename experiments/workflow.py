@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +54,7 @@ from kd_backend.models import PRESETS
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
 from kd_backend.tasks import get_task_spec
+from kd_backend.validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,7 @@ def default_env() -> EnvConfig:
 
 
 def _positive(owner: str, name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}.{name}={value!r} must be an integer >= {minimum}{' or None' if allow_none else ''}")
+    check_int(owner, name, value, minimum=minimum, allow_none=allow_none)
 
 
 def _seeds(owner: str, name: str, value: Any) -> tuple[int, ...]:
@@ -156,8 +153,8 @@ class LearnConfig:
         _positive(owner, "rollout_episodes", self.rollout_episodes, allow_none=True)
         _positive(owner, "checkpoint_every", self.checkpoint_every, minimum=0)
         _positive(owner, "threads", self.threads, allow_none=True)
-        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be a finite number > 0 or None")
+        check_float(owner, "learning_rate", self.learning_rate, 0.0, low_open=True, allow_none=True)
+        check_int(owner, "agent_seed", self.agent_seed, minimum=0, maximum=2**32 - 1)
         if self.algo in ("ppo", "a2c"):
             per_update = self.rollout_episodes or {"ppo": 4, "a2c": 1}[self.algo]  # agents.factory's defaults
             if self.total_episodes % per_update:

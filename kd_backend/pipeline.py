@@ -36,6 +36,7 @@ from kd_backend.metrics import constant_score
 from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_model
 from kd_backend.plan import EpochPlan, EvalStats
 from kd_backend.synthetic import SyntheticConfig
+from kd_backend.validation import check_float, check_int
 from kd_backend.tokenization import tokenizer_fingerprint, train_wordpiece_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,18 @@ class BackendConfig(DistillerConfig):
             raise ConfigError(f"student_init={self.student_init!r} must be one of {list(STUDENT_INITS)}")
         if self.student_init != "fresh" and not self.teachers:
             raise ConfigError(f"student_init={self.student_init!r} needs a teacher to copy layers from")
+        owner = "BackendConfig"
+        check_int(owner, "train_limit", self.train_limit, minimum=1, allow_none=True)
+        check_int(owner, "dev_limit", self.dev_limit, minimum=1, allow_none=True)
+        check_float(owner, "ctrl_fraction", self.ctrl_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int(owner, "ctrl_max", self.ctrl_max, minimum=1)
+        check_int(owner, "synthetic_train", self.synthetic_train, minimum=2)
+        check_int(owner, "synthetic_dev", self.synthetic_dev, minimum=1)
+        check_int(owner, "data_seed", self.data_seed, minimum=0, maximum=2**32 - 1)
+        check_int(owner, "student_layers", self.student_layers, minimum=1)
+        check_int(owner, "vocab_size", self.vocab_size, minimum=100)  # WordPiece needs room for its alphabet
+        check_int(owner, "teacher_epochs", self.teacher_epochs, minimum=1)
+        check_float(owner, "teacher_lr", self.teacher_lr, 0.0, low_open=True)
 
     def distiller_config(self) -> DistillerConfig:
         """The optimisation part of this config, as a plain :class:`DistillerConfig`."""

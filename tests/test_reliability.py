@@ -196,3 +196,73 @@ def test_a_resumed_run_is_the_run_it_would_have_been(config, distiller, tmp_path
     assert key(split) == key(whole)  # the same actions after the resume: the sampling RNG was restored
     for a, b in zip(split_agent.policy.parameters(), whole_agent.policy.parameters()):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- numeric knobs
+def _flat(text: str) -> str:
+    """tyro's boxed error message as one line (box borders and wrapping removed)."""
+    return " ".join(text.replace("│", " ").replace("╭", " ").replace("╰", " ").split())
+
+
+KNOBS = [  # (flag, bad value, message); one or more per class of knob
+    # counts
+    ("--batch-size", "0", "DistillerConfig.batch_size=0 is out of range: must be an integer in [1, inf)"),
+    ("--epochs", "-2", "DistillerConfig.epochs=-2 is out of range: must be an integer in [1, inf)"),
+    ("--teacher-epochs", "0", "BackendConfig.teacher_epochs=0 is out of range: must be an integer in [1, inf)"),
+    ("--horizon", "0", "EnvConfig.horizon=0 is out of range: must be an integer in [1, inf) or None"),
+    ("--total-episodes", "0", "LearnConfig.total_episodes=0 is out of range: must be an integer in [1, inf)"),
+    ("--train-limit", "0", "BackendConfig.train_limit=0 is out of range: must be an integer in [1, inf) or None"),
+    ("--vocab-size", "10", "BackendConfig.vocab_size=10 is out of range: must be an integer in [100, inf)"),
+    # seeds
+    ("--seed", "-1", "DistillerConfig.seed=-1 is out of range: must be an integer in [0, 4.29497e+09]"),
+    ("--agent-seed", "-1", "LearnConfig.agent_seed=-1 is out of range"),
+    ("--data-seed", "-3", "BackendConfig.data_seed=-3 is out of range"),
+    # positive reals: a negative clip factor trains the loss up, 0 zeroes every gradient
+    ("--max-grad-norm", "-1", "DistillerConfig.max_grad_norm=-1.0 is out of range: must be a finite number in (0, inf)"),
+    ("--max-grad-norm", "0", "DistillerConfig.max_grad_norm=0.0 is out of range: must be a finite number in (0, inf)"),
+    ("--max-grad-norm", "nan", "DistillerConfig.max_grad_norm=nan is out of range"),
+    ("--lr", "inf", "DistillerConfig.lr=inf is out of range: must be a finite number in (0, inf)"),
+    ("--teacher-lr", "-5e-4", "BackendConfig.teacher_lr=-0.0005 is out of range"),
+    ("--learning-rate", "nan", "LearnConfig.learning_rate=nan is out of range: must be a finite number in (0, inf) or None"),
+    ("--temperature", "0", "EnvConfig.temperature=0.0 must be finite and > 0"),
+    # non-negative reals
+    ("--weight-decay", "-0.1", "DistillerConfig.weight_decay=-0.1 is out of range: must be a finite number in [0, inf)"),
+    ("--cost-weight", "-1", "EnvConfig.cost_weight=-1.0 must be a finite number >= 0"),
+    # fractions
+    ("--ctrl-fraction", "1.5", "BackendConfig.ctrl_fraction=1.5 is out of range: must be a finite number in (0, 1)"),
+    ("--ctrl-fraction", "nan", "BackendConfig.ctrl_fraction=nan is out of range"),
+    ("--warmup-ratio", "1", "DistillerConfig.warmup_ratio=1.0 is out of range: must be a finite number in [0, 1)"),
+    ("--r-min", "0", "EnvConfig.r_min=0.0 is out of range: must be a finite number in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("flag, value, message", KNOBS, ids=[f"{f}={v}" for f, v, _ in KNOBS])
+def test_every_numeric_knob_is_range_checked_at_parse_time(flag, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        workflow.parse_config(LearnConfig, None, [flag, value, "--runs-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in _flat(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_knob_in_a_config_file_is_named(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    data = workflow.config_dict(LearnConfig())
+    data["env"]["backend"]["max_grad_norm"] = -1
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"DistillerConfig.max_grad_norm=-1 is out of range"):
+        workflow.load_config_file(LearnConfig, cfg)
+
+
+@pytest.mark.parametrize("script, extra, value", [
+    ("distill.py", ["--out"], "-1"), ("distill.py", ["--out"], "0"), ("learn_policy.py", ["--runs-dir"], "-1"),
+    ("replay_schedule.py", ["--schedule", "s.json", "--out"], "0"),
+])
+def test_scripts_refuse_a_bad_max_grad_norm_and_write_nothing(script, extra, value, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script(script, "--max-grad-norm", value, *extra, out)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"max_grad_norm={float(value)} is out of range: must be a finite number in (0, inf)" in _flat(proc.stderr)
+    assert not out.exists()
