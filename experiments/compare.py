@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import workflow
+from kd_backend.locking import check_folder, claim_folder
 from workflow import CompareConfig
 
 
@@ -22,10 +23,10 @@ def main(cfg: CompareConfig) -> list[dict]:
     spaces = workflow.expected_spaces(cfg.env)
     controllers = workflow.build_controllers(cfg.controllers, cfg.env, spaces)  # all checked before any work
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    workflow.save_config(out / workflow.CONFIG_FILE, cfg)
-
+    check_folder(out, overwrite=cfg.overwrite)  # refused before any work, written only once all is built
     env = workflow.build_env(cfg.env, spaces)
+    claim_folder(out, overwrite=cfg.overwrite)
+    workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     records = workflow.evaluate(env, controllers, cfg.seeds, cfg.env.backend.progress)
     title = f"{env.distiller.spec.name}: {len(controllers)} controllers x {len(cfg.seeds)} seeds"
     rows = workflow.write_comparison(out, records, title=title)

@@ -18,13 +18,13 @@ code:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
-import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -44,12 +44,13 @@ from agents import (
     EpisodeLogger, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController,
     compatible_algorithms, evaluate_controller, load_agent, make_agent, truncate_episodes,
 )
-from agents.callbacks import EPISODES_FILE
+from agents.callbacks import EPISODES_FILE, read_episodes
 from agents.storage import load_replay_buffer, load_rng_state
 from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
 from kd_backend.data import load_task
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
+from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
 from kd_backend.models import PRESETS
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
@@ -198,6 +199,8 @@ class ReplayConfig:
     """A schedule JSON (``runs/<name>/best_schedule.json``, or a replay's ``schedule.json``) to run open loop."""
     out: str | None = None
     """Output folder; None = ``replay-<policy or schedule name>-seed<seed>`` next to the policy or schedule."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
 
@@ -236,6 +239,8 @@ class CompareConfig:
     """Student seeds: one episode per seed and controller."""
     out: str = "runs/compare"
     """Output folder (comparison.csv, comparison.png, evaluation.jsonl, config.yaml)."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
 
@@ -339,6 +344,9 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None
         main(parse_config(cls, description))
     except DynaKDError as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); nothing after this point was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def save_config(path: str | Path, config: Any) -> None:
@@ -536,20 +544,72 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
 
 
 # ---------------------------------------------------------------------------------------------- learning
+RESUME_MAY_CHANGE = frozenset({
+    "total_episodes", "eval_seeds", "baselines", "checkpoint_every", "threads", "env.report_dev", "env.backend.progress",
+})
+"""Settings a ``--resume`` may change: what is learned next is the same run either way."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resume(config: LearnConfig, run_dir: Path) -> None:
+    """Refuse a ``--resume`` whose flags contradict the run: another env, learner or seed (the
+    checkpoint was learned with the saved ones), fewer episodes than are finished, or ``--overwrite``.
+
+    :raises ConfigError: naming each contradicting setting, its saved and its new value.
+    """
+    if config.overwrite:
+        raise ConfigError(f"--resume {run_dir} continues the run and --overwrite deletes it; pass only one of them")
+    saved = load_config_file(LearnConfig, run_dir / CONFIG_FILE)
+    old = _flatten(config_dict(dataclasses.replace(saved, resume=None, overwrite=False)))
+    new = _flatten(config_dict(dataclasses.replace(config, resume=None, overwrite=False)))
+    changed = [k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ConfigError(
+            f"--resume {run_dir} would change what the run learns with ({details}); its checkpoint was learned "
+            f"with the saved settings. Resume without these flags, or start a new run (--name). "
+            f"A resume may change only {sorted(RESUME_MAY_CHANGE)}"
+        )
+    checkpoint = latest_checkpoint(run_dir)
+    done = int(checkpoint["episodes"]) if checkpoint else 0
+    if config.total_episodes < done:
+        raise ConfigError(
+            f"--resume {run_dir} --total-episodes {config.total_episodes}: the run has already finished {done} "
+            f"episodes; pass --total-episodes {done} or more (or leave it out: {saved.total_episodes})"
+        )
+
+
 def prepare_run_dir(config: LearnConfig) -> Path:
-    """Create the run folder; refuse to clobber a finished or interrupted run unless asked to."""
+    """Check the run folder before any work: refuse to clobber a finished or interrupted run unless
+    asked to, and a ``--resume`` whose flags contradict the run (:func:`check_resume`). A resumed
+    run's folder is locked here already; a new one by :func:`claim_run_dir`, once everything is built.
+    """
     run_dir = config.run_dir
     if config.resume:
+        claim_folder(run_dir, resume=True, flag="--resume")
+        check_resume(config, run_dir)
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config.overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
-                "--overwrite, or pick another --name"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()) and not config.overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
+            "--overwrite, or pick another --name"
+        )
     return run_dir
+
+
+def claim_run_dir(config: LearnConfig) -> Path:
+    """Own the run folder until the process exits (an OS lock: a second process that tries to
+    write the same run is refused, naming this one's pid); ``--overwrite`` empties it here."""
+    return claim_folder(config.run_dir, overwrite=config.overwrite and not config.resume,
+                        resume=bool(config.resume), flag="--name")
 
 
 def agent_overrides(config: LearnConfig, episode_length: int) -> dict[str, Any]:
@@ -608,6 +668,26 @@ def checkpoint_rng(run_dir: Path) -> dict[str, Any] | None:
     if not checkpoint or not checkpoint.get("rng"):
         return None
     return load_rng_state(run_dir / "checkpoints" / checkpoint["rng"])
+
+
+@contextlib.contextmanager
+def resumable(config: LearnConfig, run_dir: Path) -> Iterator[None]:
+    """Turn a Ctrl-C (SIGINT) during learning or evaluation into a short report of where the run
+    stands and the exact command that continues it, and exit status 130, instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(run_dir)
+        covered = int(checkpoint["episodes"]) if checkpoint else 0
+        finished = sum(1 for line in read_episodes(run_dir / EPISODES_FILE) if line.get("done"))
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "learn_policy.py"
+        print(
+            f"\ninterrupted: {finished} of {config.total_episodes} learning episodes finished in {run_dir}; the last "
+            f"checkpoint covers {covered} (the episodes after it are redone, on the same seeds, when resuming).\n"
+            f"continue with: python experiments/{script} --resume {run_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 class EpisodeProgress(BaseCallback):

@@ -176,6 +176,8 @@ def test_off_policy_resume_reads_no_pickle(config, distiller, tmp_path):
 # ---------------------------------------------------------------------------------------------- resume = uninterrupted
 def _learn(cfg: LearnConfig, env: DistillationEnv) -> list[dict]:
     run_dir = workflow.prepare_run_dir(cfg)
+    workflow.claim_run_dir(cfg)
+    workflow.save_config(run_dir / workflow.CONFIG_FILE, dataclasses.replace(cfg, resume=None))
     agent, done = workflow.make_learner(cfg, env, run_dir)
     workflow.learn(agent, cfg, run_dir, done, show_progress=False)
     return read_episodes(run_dir / "episodes.jsonl"), agent
@@ -266,3 +268,95 @@ def test_scripts_refuse_a_bad_max_grad_norm_and_write_nothing(script, extra, val
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"max_grad_norm={float(value)} is out of range: must be a finite number in (0, inf)" in _flat(proc.stderr)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+@pytest.fixture(scope="module")
+def small_run(config, tmp_path_factory) -> Path:
+    """A finished learning run of 2 episodes, written by learn_policy.py."""
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = LearnConfig(env=config, name="small", runs_dir=str(runs), total_episodes=2, rollout_episodes=1,
+                      checkpoint_every=1, eval_seeds=(100,), baselines=("kd-t0",))
+    path = runs / "small.yaml"
+    workflow.save_config(path, cfg)
+    proc = run_script("learn_policy.py", "--config", path, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "small"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--total-episodes", "1"], "the run has already finished 2 episodes; pass --total-episodes 2 or more"),
+    (["--lr", "0.5"], "would change what the run learns with (env.backend.lr: 0.002 -> 0.5)"),
+    (["--algo", "a2c"], "would change what the run learns with (algo: 'ppo' -> 'a2c')"),
+    (["--overwrite"], "continues the run and --overwrite deletes it"),
+])
+def test_contradictory_resume_flags_are_refused(small_run, flags, message):
+    before = {p: p.read_bytes() for p in small_run.rglob("*") if p.is_file() and p.name != ".dynakd.lock"}
+    proc = run_script("learn_policy.py", "--resume", small_run, *flags)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    after = {p: p.read_bytes() for p in small_run.rglob("*") if p.is_file() and p.name != ".dynakd.lock"}
+    assert after == before  # config.yaml (total_episodes 2) and every artifact untouched
+
+
+def test_a_run_in_use_is_not_resumed_by_a_second_process(small_run):
+    from kd_backend.locking import LOCK_FILE, FolderLock
+
+    config_before = (small_run / "config.yaml").read_text()
+    with FolderLock(small_run / LOCK_FILE):  # this process owns the run, as a live learn_policy.py would
+        proc = run_script("learn_policy.py", "--resume", small_run)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert f"{small_run} is in use by another process (pid {os.getpid()}" in proc.stderr
+    assert (small_run / "config.yaml").read_text() == config_before
+    released = run_script("learn_policy.py", "--resume", small_run, "--no-progress")  # free again: resumes (nothing left to learn)
+    assert released.returncode == 0, released.stderr[-2000:]
+
+
+def test_distill_and_replay_refuse_an_existing_out_unless_overwrite(small_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    cfg = small_run / "config.yaml"
+    proc = run_script("distill.py", "--task", "synthetic", "--out", out)
+    assert proc.returncode == 2 and "already holds results (metrics.json); pass --overwrite" in proc.stderr
+    proc = run_script("replay_schedule.py", "--config", cfg, "--schedule", small_run / "best_schedule.json", "--out", out)
+    assert proc.returncode == 1 and "already holds results (metrics.json); pass --overwrite" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "{}"
+    proc = run_script("replay_schedule.py", "--config", cfg, "--schedule", small_run / "best_schedule.json", "--out", out,
+                      "--overwrite", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["mode"] == "open loop" and (out / "config.yaml").exists()
+
+
+def test_distill_checks_its_inputs_before_writing(tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("distill.py", "--task", "synthetic", "--teachers", tmp_path / "no-such-teacher",
+                      "--cache-dir", tmp_path / "cache", "--out", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "no-such-teacher" in proc.stderr
+    assert not out.exists()  # no config.yaml before the inputs were checked
+
+
+def test_ctrl_c_during_learning_prints_the_resume_command(config, tmp_path):
+    import signal
+    import time
+
+    cfg = LearnConfig(env=config, name="ctrlc", runs_dir=str(tmp_path), total_episodes=40, rollout_episodes=2,
+                      checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",))
+    path = tmp_path / "c.yaml"
+    workflow.save_config(path, cfg)
+    run = tmp_path / "ctrlc"
+    cmd = [sys.executable, str(REPO / "experiments" / "learn_policy.py"), "--config", str(path), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "checkpoints" / "latest.json").exists() and sum(x["done"] for x in read_episodes(run / "episodes.jsonl")) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert "learning episodes finished in" in err and "the last checkpoint covers 2" in err and f"continue with: python experiments/learn_policy.py --resume {run}" in err
+    assert not (run / "policy.zip").exists() and (run / "checkpoints" / "latest.json").exists()
