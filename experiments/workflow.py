@@ -47,12 +47,11 @@ from agents import (
 from agents.callbacks import EPISODES_FILE, read_episodes
 from agents.storage import load_replay_buffer, load_rng_state
 from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
-from kd_backend.data import load_task
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
 from kd_backend.models import PRESETS
-from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
+from kd_backend.pipeline import BackendConfig, build_distiller, config_dict, load_task_data
 from kd_backend.plan import EpochPlan
 from kd_backend.tasks import get_task_spec
 from kd_backend.validation import check_float, check_int
@@ -396,7 +395,7 @@ def expected_spaces(config: EnvConfig) -> Spaces:
     try:
         regression = get_task_spec(backend.task).is_regression
     except UnknownTaskError:  # a custom data file: its spec comes from reading it (cheap)
-        regression = load_task(backend.task, backend.data_dir).spec.is_regression
+        regression = load_task_data(backend).spec.is_regression
     num_teachers = len(backend.teachers)
     codec = make_codec(config, num_teachers, regression)
     return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression)

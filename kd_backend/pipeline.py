@@ -54,6 +54,13 @@ class BackendConfig(DistillerConfig):
     """``synthetic`` (built in, no files), a GLUE task (``glue/sst2``, ``rte``, …) or a CSV/TSV/JSON file."""
     data_dir: str | None = None
     """GLUE folder in the official TSV layout (e.g. ``../shared/data/glue``); None = the HF hub."""
+    text_columns: tuple[str, ...] | None = None
+    """Custom file (``--task PATH``): its one or two text columns; None = the first of ``sentence1
+    sentence2``, ..., ``sentence``, ``text`` present."""
+    label_column: str | None = None
+    """Custom file: its label column (None = ``label``). Integers or strings make classes; other numbers regression."""
+    dev_file: str | None = None
+    """Custom file: a dev file with the same columns; None = a seeded 10% of the rows (``data_seed``) held out as dev."""
     train_limit: int | None = None
     """Use a seeded subset of this many training instances (None = all)."""
     dev_limit: int | None = None
@@ -97,6 +104,12 @@ class BackendConfig(DistillerConfig):
             raise ConfigError(f"student_init={self.student_init!r} must be one of {list(STUDENT_INITS)}")
         if self.student_init != "fresh" and not self.teachers:
             raise ConfigError(f"student_init={self.student_init!r} needs a teacher to copy layers from")
+        if isinstance(self.text_columns, str):
+            object.__setattr__(self, "text_columns", (self.text_columns,))
+        if self.text_columns is not None:
+            object.__setattr__(self, "text_columns", tuple(self.text_columns))
+            if len(self.text_columns) not in (1, 2):
+                raise ConfigError(f"BackendConfig.text_columns={self.text_columns!r} must name one or two columns")
         owner = "BackendConfig"
         check_int(owner, "train_limit", self.train_limit, minimum=1, allow_none=True)
         check_int(owner, "dev_limit", self.dev_limit, minimum=1, allow_none=True)
@@ -121,6 +134,7 @@ def load_task_data(cfg: BackendConfig) -> TaskData:
     return load_task(
         cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, seed=cfg.data_seed,
         train_limit=cfg.train_limit, dev_limit=cfg.dev_limit, synthetic=synthetic,
+        dev_file=cfg.dev_file, text_columns=cfg.text_columns, label_column=cfg.label_column,
     )
 
 

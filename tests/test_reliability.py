@@ -360,3 +360,49 @@ def test_ctrl_c_during_learning_prints_the_resume_command(config, tmp_path):
     assert "Traceback" not in err
     assert "learning episodes finished in" in err and "the last checkpoint covers 2" in err and f"continue with: python experiments/learn_policy.py --resume {run}" in err
     assert not (run / "policy.zip").exists() and (run / "checkpoints" / "latest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- custom files
+TREC = Path("/work/shared/data/text/TREC") if Path("/work/shared/data/text/TREC").is_dir() else REPO.parent / "shared" / "data" / "text" / "TREC"
+needs_trec = pytest.mark.skipif(not (TREC / "train.tsv").exists(), reason="needs shared/data/text/TREC")
+
+
+@needs_trec
+def test_custom_file_columns_and_dev_file_are_config_fields():
+    from kd_backend.pipeline import BackendConfig, load_task_data
+
+    with pytest.raises(Exception, match=r"no column 'label'.*Pass --label-column") as err:
+        load_task_data(BackendConfig(task=str(TREC / "train.tsv")))
+    help_text = run_script("distill.py", "--help").stdout
+    for flag in ("--label-column", "--text-columns", "--dev-file", "--task"):  # every flag a message names exists
+        assert flag in help_text
+    assert "--train-file" not in str(err.value)
+    cfg = BackendConfig(task=str(TREC / "train.tsv"), label_column="coarse", text_columns=("text",))
+    data = load_task_data(cfg)
+    assert data.spec.num_labels == 6 and data.spec.label_column == "coarse" and not data.train.is_pair
+    assert len(data.train) + len(data.ctrl) + len(data.dev) == 5452 and len(data.dev) == 545  # seeded 10% as dev
+    again = load_task_data(cfg)
+    assert again.dev.fingerprint == data.dev.fingerprint  # the same seed: the same dev split
+    assert load_task_data(dataclasses.replace(cfg, data_seed=1)).dev.fingerprint != data.dev.fingerprint
+    with_dev = load_task_data(dataclasses.replace(cfg, dev_file=str(TREC / "test.tsv")))
+    assert len(with_dev.dev) == 500 and len(with_dev.train) + len(with_dev.ctrl) == 5452
+    with pytest.raises(ConfigError, match=r"\['text_columns', 'label_column'\] only apply to custom files"):
+        load_task_data(BackendConfig(task="synthetic", label_column="coarse", text_columns=("text",)))
+
+
+@needs_trec
+def test_distill_on_the_trec_file_from_the_command_line(tmp_path):
+    out = tmp_path / "trec"
+    proc = run_script("distill.py", "--task", TREC / "train.tsv", "--label-column", "coarse", "--text-columns", "text",
+                      "--dev-file", TREC / "test.tsv", "--train-limit", "300", "--dev-limit", "100",
+                      "--teachers", "tiny-1x64", "--teacher-epochs", "1", "--student", "tiny-1x64", "--epochs", "1",
+                      "--vocab-size", "500", "--max-seq-length", "32", "--no-progress",
+                      "--cache-dir", tmp_path / "cache", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "custom" and metrics["epochs"][0]["dev"]["num_examples"] == 100
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())["backend"]
+    assert saved["label_column"] == "coarse" and saved["text_columns"] == ["text"]
+    assert saved["dev_file"] == str(TREC / "test.tsv")
