@@ -32,6 +32,7 @@ from kd_backend.data import TaskData, load_task
 from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
+from kd_backend.locking import FolderLock
 from kd_backend.metrics import constant_score
 from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_model
 from kd_backend.plan import EpochPlan, EvalStats
@@ -188,14 +189,16 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     out = Path(cfg.cache_dir) / "models" / f"{source}-{key}"
-    if not (out / "config.json").exists():
-        logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
-        train_config = DistillerConfig(
-            epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.teacher_lr, warmup_ratio=0.1,
-            max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
-            cache_dir=cfg.cache_dir, progress=cfg.progress,
-        )
-        fine_tune(task, preset_factory(source, task, tokenizer), tokenizer, train_config, out)
+    # A second process that needs the same teacher waits for the first to fine-tune it, then loads it.
+    with FolderLock(out.parent / f"{out.name}.lock", wait=True):
+        if not (out / "config.json").exists():
+            logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
+            train_config = DistillerConfig(
+                epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.teacher_lr, warmup_ratio=0.1,
+                max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
+                cache_dir=cfg.cache_dir, progress=cfg.progress,
+            )
+            fine_tune(task, preset_factory(source, task, tokenizer), tokenizer, train_config, out)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
 

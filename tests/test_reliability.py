@@ -406,3 +406,31 @@ def test_distill_on_the_trec_file_from_the_command_line(tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())["backend"]
     assert saved["label_column"] == "coarse" and saved["text_columns"] == ["text"]
     assert saved["dev_file"] == str(TREC / "test.tsv")
+
+
+# ---------------------------------------------------------------------------------------------- cache state
+def test_cache_entries_are_built_once_and_stale_temp_files_removed(tmp_path):
+    import threading
+
+    from kd_backend.cache import TeacherOutputs, load_or_build
+    from kd_backend.locking import FolderLock
+
+    stale = tmp_path / "k1.safetensors12345.tmp"
+    stale.write_bytes(b"half a file")  # what a SIGKILL during a cache write leaves
+    builds = []
+
+    def build():
+        builds.append(1)
+        return TeacherOutputs(torch.ones(4, 2), None)
+
+    held = FolderLock(tmp_path / "k1.lock")  # another process is building this entry right now
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(out=load_or_build(tmp_path, "k1", build, 4, {})))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not builds  # it waits instead of building too
+    held.release()
+    waiter.join(timeout=30)
+    assert builds == [1] and result["out"][1] is True and not stale.exists()
+    outputs, built = load_or_build(tmp_path, "k1", build, 4, {})
+    assert built is False and builds == [1] and torch.equal(outputs.logits, torch.ones(4, 2))  # reused
