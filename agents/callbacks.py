@@ -21,14 +21,18 @@ purge), episode ``start_episode`` for ``dynakd_episodes/``. The two x-axes are w
 scalars have a folder of their own: a purge drops every tag of a folder from one step on.
 
 It is also the one place where a learning run is checkpointed. Every ``checkpoint_every``
-finished episodes it saves the learner (and an off-policy replay buffer) under
+finished episodes it saves the learner (an off-policy replay buffer as ``.npz``, and the
+random-number states as JSON: nothing a resume unpickles, see :mod:`agents.storage`) under
 ``<run_dir>/checkpoints/`` and points ``checkpoints/latest.json`` at it, at the first moment the
 learner holds what it learned from those episodes:
 
 * on-policy learners (PPO, A2C) update after a rollout ends, so they are saved when the next
   rollout starts (after the update), provided no episode is in progress; a checkpoint taken as
   the episode ends would predate the update, and resuming from it would drop that update;
-* off-policy learners (DQN, SAC) are saved as soon as an episode ends.
+* off-policy learners (DQN, SAC) are saved at the start of the next rollout after an episode
+  ends (one env step later for SB3): only then is the episode's last transition in the replay
+  buffer and its gradient step taken; a checkpoint taken as the episode ends would lose both;
+* an off-policy checkpoint still due when learning ends is saved then.
 
 Checkpoints fall on episode boundaries, so resuming loses no finished episode;
 ``checkpoint_at_end`` adds one when learning ends. :func:`truncate_episodes` drops the lines of
@@ -45,8 +49,8 @@ from typing import Any, TextIO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+from agents.storage import save_replay_buffer, save_rng_state, set_rng_state
 from kd_backend.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -78,7 +82,8 @@ class EpisodeLogger(BaseCallback):
 
     :param run_dir: the run's folder.
     :param checkpoint_every: save a checkpoint once this many episodes finished since the last one
-        (0 = never): PPO/A2C after the policy update that follows them, DQN/SAC as the episode ends.
+        (0 = never), at the start of the next rollout (after the update that learns from them) or
+        when learning ends.
     :param tensorboard: also write TensorBoard scalars (SB3's own events are purged on continuing
         either way).
     :param start_episode: number of the first episode (the episodes already finished, when resuming).
@@ -86,6 +91,8 @@ class EpisodeLogger(BaseCallback):
     :param checkpoint_at_end: also save when learning ends, if an episode finished since the last
         checkpoint (so that a crash after learning resumes without relearning), even with
         ``checkpoint_every=0``.
+    :param rng_state: random-number states to restore as learning starts (a checkpoint's, when
+        resuming: after SB3 has reset the env, so the resumed run samples what the uninterrupted one would).
     :param verbose: SB3 verbosity.
     """
 
@@ -97,6 +104,7 @@ class EpisodeLogger(BaseCallback):
         start_episode: int = 0,
         save_replay_buffer: bool = True,
         checkpoint_at_end: bool = False,
+        rng_state: dict[str, Any] | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -113,6 +121,7 @@ class EpisodeLogger(BaseCallback):
         self._current: dict[int, int] = {}  # env index -> episode number in progress
         self._returns: dict[int, float] = {}
         self._checkpointed = start_episode
+        self._rng_state = rng_state
 
     @property
     def episodes_path(self) -> Path:
@@ -144,10 +153,12 @@ class EpisodeLogger(BaseCallback):
         self._current.clear()  # a new learn() call starts numbering after the finished episodes
         self._returns.clear()
         self._next_episode = self.episodes
+        if self._rng_state is not None:
+            set_rng_state(self.model, self._rng_state)
+            self._rng_state = None
 
     def _on_step(self) -> bool:
         infos, rewards, dones = self.locals["infos"], self.locals["rewards"], self.locals["dones"]
-        finished = False
         for i, info in enumerate(infos):
             if "plan" not in info:
                 continue
@@ -171,15 +182,12 @@ class EpisodeLogger(BaseCallback):
             self._write_scalars(line)
             if done:
                 self._finish_episode(i, line)
-                finished = True
-        # Off-policy learners hold what they learned from an episode as it ends (on-policy: below).
-        if finished and not isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
-            self.save_checkpoint()
         return True
 
     def _on_rollout_start(self) -> None:
-        # On-policy learners update between rollouts: the start of the next one is after the update.
-        if isinstance(self.model, OnPolicyAlgorithm) and self._checkpoint_due():
+        # SB3 updates (and off-policy learners store the last transition) between rollouts: the
+        # start of the next one is the first moment the learner holds all it learned from an episode.
+        if self._checkpoint_due():
             self.save_checkpoint()
 
     def _write_line(self, line: dict[str, Any]) -> None:
@@ -223,18 +231,21 @@ class EpisodeLogger(BaseCallback):
         self.model.save(model_path)
         buffer_path = None
         if self.save_replay and isinstance(self.model, OffPolicyAlgorithm):
-            buffer_path = folder / f"episode-{self.episodes:05d}-replay.pkl"
-            self.model.save_replay_buffer(buffer_path)
+            buffer_path = folder / f"episode-{self.episodes:05d}-replay.npz"  # no pickle (agents.storage)
+            save_replay_buffer(self.model.replay_buffer, buffer_path)
+        rng_path = save_rng_state(self.model, folder / f"episode-{self.episodes:05d}-rng.json")
         atomic_write_json(folder / "latest.json", {
             "episodes": self.episodes, "num_timesteps": self.num_timesteps, "model": model_path.name,
-            "replay_buffer": buffer_path.name if buffer_path else None,
+            "replay_buffer": buffer_path.name if buffer_path else None, "rng": rng_path.name,
         })
         self._checkpointed = self.episodes
         logger.info("checkpoint after %d episodes: %s", self.episodes, model_path)
         return model_path
 
     def _on_training_end(self) -> None:
-        if self.checkpoint_at_end and self.episodes > self._checkpointed and self._between_episodes:
+        at_end = self.checkpoint_at_end and self.episodes > self._checkpointed and self._between_episodes
+        # Off-policy: the checkpoint of the last episode, due one step after it ended, is taken now.
+        if at_end or (isinstance(self.model, OffPolicyAlgorithm) and self._checkpoint_due()):
             self.save_checkpoint()
         if self._file is not None:
             self._file.close()

@@ -9,8 +9,9 @@ favour few, whole-episode rollouts, small batches, small networks and gamma ~ 1:
 * DQN / SAC: learning starts after 2 episodes, batches of 16, gamma 0.99 (bootstrapped targets
   are steadier below 1).
 
-Policies are 64x64 MLPs on CPU. The algorithm's name is saved with the policy
-(``dynakd_algo``) so :func:`load_agent` can rebuild it without being told.
+Policies are 64x64 MLPs on CPU. The algorithm, its hyper-parameters, the seed and the spaces are
+saved with the policy as plain JSON (the ``dynakd`` record), so :func:`load_agent` rebuilds it
+without being told, and without unpickling anything from the file (see :mod:`agents.storage`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import gymnasium as gym
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents.storage import (
+    META_KEY, dynakd_record, read_policy, restore_counters, restore_variables, space_from_description, spaces_equal,
+)
 from kd_backend.errors import ConfigError
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
@@ -120,40 +123,59 @@ def make_agent(
         seed=seed, device=device, verbose=verbose, **params,
     )
     agent.dynakd_algo = name  # saved with the policy, read back by load_agent
+    # Plain JSON in the saved zip's data: what load_agent rebuilds the learner from (no pickle).
+    setattr(agent, META_KEY, dynakd_record(name, params, seed, agent.observation_space, agent.action_space))
     return agent
 
 
 def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None, device: str = "cpu") -> BaseAlgorithm:
-    """Load a saved learner for ``env``, checking first that its spaces match the env's.
+    """Load a learner saved by DynaKD for ``env``, checking first that its spaces match the env's.
 
-    :param path: a ``.zip`` written by ``agent.save``.
+    Nothing is unpickled: the learner is rebuilt by :func:`make_agent` from the plain-JSON record
+    in the file, and its weights (and optimizer states) are read with ``torch.load(weights_only=True)``;
+    see :mod:`agents.storage`.
+
+    :param path: a ``.zip`` written by ``agent.save`` of a learner from :func:`make_agent`.
     :param env: the env to act in.
     :param algo: the algorithm's name; None = the one saved by :func:`make_agent`.
     :param device: torch device of the policy.
-    :raises ConfigError: missing file, unknown algorithm, or observation/action spaces that differ.
+    :raises ConfigError: missing or foreign file, unknown algorithm, or observation/action spaces that differ.
     """
     path = Path(path)
-    if not path.exists() and not path.with_suffix(".zip").exists():
+    if not path.exists() and path.with_suffix(".zip").exists():
+        path = path.with_suffix(".zip")
+    if not path.exists():
         raise ConfigError(f"policy file {path} does not exist")
-    data, _, _ = load_from_zip_file(path, device=device)
-    assert data is not None
+    data, params, variables = read_policy(path, device=device)
+    meta = data[META_KEY]
+    saved = {kind: space_from_description(meta.get(f"{kind}_space"), str(path)) for kind in ("action", "observation")}
     mismatches = [
-        f"{kind} space {data.get(f'{kind}_space')} but the env has {getattr(env, f'{kind}_space')}"
+        f"{kind} space {saved[kind]} but the env has {getattr(env, f'{kind}_space')}"
         for kind in ("action", "observation")
-        if data.get(f"{kind}_space") != getattr(env, f"{kind}_space")
+        if not spaces_equal(saved[kind], getattr(env, f"{kind}_space"))
     ]
     if mismatches:
         raise ConfigError(
             f"policy {path} was trained with {'; and with '.join(mismatches)}; use the env config the policy "
             "was learned with (teachers, action_space, menu, bins)"
         )
-    saved_algo = data.get("dynakd_algo")
-    name = (algo or saved_algo or "").lower()
-    if not name:
-        raise ConfigError(f"policy {path} does not record its algorithm; pass algo= one of {sorted(ALGORITHMS)}")
+    saved_algo = meta.get("algo")
     if saved_algo and algo and algo.lower() != saved_algo:
         raise ConfigError(f"policy {path} was trained with {saved_algo!r}, not {algo!r}")
-    name = _check_algo(name, env.action_space)
-    agent = ALGORITHMS[name].load(path, env=env, device=device)
-    agent.dynakd_algo = name
+    name = _check_algo(algo or saved_algo or "", env.action_space)
+    hyperparameters = meta.get("hyperparameters")
+    if not isinstance(hyperparameters, dict):
+        raise ConfigError(f"policy {path}: its DynaKD record has no hyperparameters mapping")
+    if meta.get("unsaved"):
+        raise ConfigError(
+            f"policy {path} was made with hyper-parameter(s) {meta['unsaved']} that are not plain values and "
+            "were not saved (they could only be pickled); pass constants to make_agent"
+        )
+    try:
+        agent = make_agent(name, env, seed=int(meta.get("seed", 0)), episode_length=1, device=device, **hyperparameters)
+        agent.set_parameters(params, exact_match=True, device=device)
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise ConfigError(f"policy {path} does not rebuild as a {name.upper()} learner for this env: {err}") from err
+    restore_variables(agent, variables)
+    restore_counters(agent, data)
     return agent

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from kd_backend.errors import ConfigError
 from kd_backend.pipeline import BackendConfig
+from kd_backend.validation import check_float, check_int
 from kd_backend.plan import KD_LOSSES, SELECTION_RULES, SELECTION_SCOPES, KDLoss, SelectionRule, SelectionScope
 
 ActionSpaceKind = Literal["discrete", "multidiscrete", "box"]
@@ -68,10 +69,8 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if isinstance(self.backend, dict):  # from YAML / tyro-free callers
             object.__setattr__(self, "backend", BackendConfig(**self.backend))
-        if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
-            raise ConfigError(f"EnvConfig.horizon={self.horizon!r} must be None or an integer >= 1")
-        if not isinstance(self.decisions_per_epoch, int) or self.decisions_per_epoch < 1:
-            raise ConfigError(f"EnvConfig.decisions_per_epoch={self.decisions_per_epoch!r} must be an integer >= 1")
+        check_int("EnvConfig", "horizon", self.horizon, minimum=1, allow_none=True)
+        check_int("EnvConfig", "decisions_per_epoch", self.decisions_per_epoch, minimum=1)
         _choice("action_space", self.action_space, ACTION_SPACES)
         _choice("reward", self.reward, REWARDS)
         _choice("selection", self.selection, SELECTION_RULES)
@@ -85,8 +84,7 @@ class EnvConfig:
             raise ConfigError(f"EnvConfig.cost_weight={self.cost_weight!r} must be a finite number >= 0")
         if not isinstance(self.branch_cache, int) or isinstance(self.branch_cache, bool) or self.branch_cache < 0:
             raise ConfigError(f"EnvConfig.branch_cache={self.branch_cache!r} must be an integer >= 0 (0 = off)")
-        if not 0 < self.r_min <= 1:
-            raise ConfigError(f"EnvConfig.r_min={self.r_min!r} must be in (0, 1]")
+        check_float("EnvConfig", "r_min", self.r_min, 0.0, 1.0, low_open=True)
         fractions = tuple(float(f) for f in self.fraction_bins)
         if not fractions or any(not 0 < f <= 1 for f in fractions):
             raise ConfigError(f"EnvConfig.fraction_bins={self.fraction_bins!r} must be non-empty, each in (0, 1]")

@@ -116,3 +116,6 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None, require
     except DynaKDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)

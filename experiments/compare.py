@@ -25,14 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import workflow
+from kd_backend.locking import check_folder, claim_folder
 from workflow import CompareConfig
 
 from agents import candidate_schedules, format_protocol, menu_plans, run_protocol, write_protocol
 
 
-def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path) -> list[dict]:
+def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path, env) -> list[dict]:
     names = dict.fromkeys((*workflow.PROTOCOL_CONTROLLERS, *cfg.controllers))
-    env = workflow.build_env(cfg.env, spaces)
     plans = menu_plans(env)
     controllers = workflow.build_controllers(list(names), cfg.env, spaces)
     candidates = candidate_schedules(plans, env.steps_per_episode, env.decisions_per_epoch, cfg.first_plans,
@@ -52,12 +52,12 @@ def main(cfg: CompareConfig) -> list[dict]:
     spaces = workflow.expected_spaces(cfg.env)
     controllers = workflow.build_controllers(cfg.controllers, cfg.env, spaces)  # all checked before any work
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, overwrite=cfg.overwrite)  # refused before any work, written only once all is built
+    env = workflow.build_env(cfg.env, spaces)
+    claim_folder(out, overwrite=cfg.overwrite)
     workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     if cfg.protocol:
-        return protocol(cfg, spaces, out)
-
-    env = workflow.build_env(cfg.env, spaces)
+        return protocol(cfg, spaces, out, env)
     records = workflow.evaluate(env, controllers, cfg.seeds, cfg.env.backend.progress)
     title = f"{env.distiller.spec.name}: {len(controllers)} controllers x {len(cfg.seeds)} seeds"
     rows = workflow.write_comparison(out, records, title=title)

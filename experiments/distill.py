@@ -18,6 +18,7 @@ from common import cli, save_yaml
 
 import tyro
 from kd_backend.io import atomic_write_json
+from kd_backend.locking import check_folder, claim_folder
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
 from kd_backend.reporting import log_epoch_scalars
@@ -31,15 +32,18 @@ class DistillArgs:
     plan: Annotated[EpochPlan, tyro.conf.arg(name="")] = EpochPlan()
     out: str = "runs/distill"
     """Output folder (metrics.json, student/, TensorBoard events)."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
 
 
 def main(args: DistillArgs) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, overwrite=args.overwrite)  # refused before any work
+    distiller = build_distiller(args.backend)  # every input is read and checked before anything is written
+    claim_folder(out, overwrite=args.overwrite)
     save_yaml(out / "config.yaml", {"backend": config_dict(args.backend), "plan": args.plan.to_dict(), "out": args.out})
-    distiller = build_distiller(args.backend)
     writer = SummaryWriter(str(out))
     untrained = distiller.evaluate("dev").score  # the reference point for the report only
     epochs = []

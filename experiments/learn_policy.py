@@ -26,16 +26,17 @@ def main(cfg: LearnConfig) -> list[dict]:
     workflow.check_algorithm(cfg.algo, spaces)
     baselines = workflow.build_controllers(cfg.baselines, cfg.env, spaces, seed=cfg.agent_seed)
     run_dir = workflow.prepare_run_dir(cfg)
+    env = workflow.build_env(cfg.env, spaces)  # data, teachers and student checked before anything is written
+    workflow.claim_run_dir(cfg)
     workflow.save_config(run_dir / workflow.CONFIG_FILE, dataclasses.replace(cfg, resume=None, overwrite=False))
 
-    env = workflow.build_env(cfg.env, spaces)
     show = cfg.env.backend.progress
     agent, done = workflow.make_learner(cfg, env, run_dir)
-    workflow.learn(agent, cfg, run_dir, done, show)
-    agent.save(run_dir / "policy.zip")
-
     learned = f"learned-{cfg.algo}"
-    records = workflow.evaluate(env, {learned: agent, **baselines}, cfg.eval_seeds, show)
+    with workflow.resumable(cfg, run_dir):  # Ctrl-C: where the run stands and the --resume command, exit 130
+        workflow.learn(agent, cfg, run_dir, done, show)
+        agent.save(run_dir / "policy.zip")
+        records = workflow.evaluate(env, {learned: agent, **baselines}, cfg.eval_seeds, show)
     best = workflow.save_best_schedule(run_dir / "best_schedule.json", records, learned, run=str(run_dir))
     title = f"{cfg.name}: {env.distiller.spec.name}, {cfg.total_episodes} episodes of {cfg.algo}"
     rows = workflow.write_comparison(run_dir, records, title=title)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import workflow
 from agents import ScheduleController
 from kd_backend.io import atomic_write_json
+from kd_backend.locking import check_folder, claim_folder
 from workflow import ReplayConfig
 
 
@@ -29,10 +30,10 @@ def main(cfg: ReplayConfig) -> dict:
     else:
         controller = workflow.load_schedule(cfg.schedule, cfg.env, spaces)
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    workflow.save_config(out / workflow.CONFIG_FILE, cfg)
-
+    check_folder(out, overwrite=cfg.overwrite)  # refused before any work, written only once all is built
     env = workflow.build_env(cfg.env, spaces)
+    claim_folder(out, overwrite=cfg.overwrite)
+    workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     seed = cfg.env.backend.seed
     [record] = workflow.evaluate(env, {controller.name: controller}, [seed], cfg.env.backend.progress)
     dev = env.distiller.evaluate("dev")  # the same student the episode ended with: report only

@@ -25,7 +25,7 @@ from kd_backend.pipeline import BackendConfig, build_student, fine_tune, load_ta
 
 _KD_ONLY = (
     "teachers", "student", "student_init", "student_layers", "teacher_epochs", "teacher_lr", "teacher_source",
-    "layer_map", "score_bf16", "epochs", "lr",
+    "layer_map", "score_bf16", "epochs", "lr", "transfer", "stale_max_age",
 )
 FineTuneBackend = hide_fields(BackendConfig, _KD_ONLY)
 

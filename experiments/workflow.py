@@ -18,14 +18,13 @@ code:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
-import math
-import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -45,15 +44,17 @@ from agents import (
     EpisodeLogger, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController,
     compatible_algorithms, evaluate_controller, load_agent, make_agent, truncate_episodes,
 )
-from agents.callbacks import EPISODES_FILE
+from agents.callbacks import EPISODES_FILE, read_episodes
+from agents.storage import load_replay_buffer, load_rng_state
 from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
-from kd_backend.data import load_task
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
+from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
 from kd_backend.models import PRESETS
-from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
+from kd_backend.pipeline import BackendConfig, build_distiller, config_dict, load_task_data
 from kd_backend.plan import EpochPlan
 from kd_backend.tasks import get_task_spec
+from kd_backend.validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,7 @@ def default_env() -> EnvConfig:
 
 
 def _positive(owner: str, name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}.{name}={value!r} must be an integer >= {minimum}{' or None' if allow_none else ''}")
+    check_int(owner, name, value, minimum=minimum, allow_none=allow_none)
 
 
 def _seeds(owner: str, name: str, value: Any) -> tuple[int, ...]:
@@ -158,8 +156,8 @@ class LearnConfig:
         _positive(owner, "rollout_episodes", self.rollout_episodes, allow_none=True)
         _positive(owner, "checkpoint_every", self.checkpoint_every, minimum=0)
         _positive(owner, "threads", self.threads, allow_none=True)
-        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be a finite number > 0 or None")
+        check_float(owner, "learning_rate", self.learning_rate, 0.0, low_open=True, allow_none=True)
+        check_int(owner, "agent_seed", self.agent_seed, minimum=0, maximum=2**32 - 1)
         if self.algo in ("ppo", "a2c"):
             per_update = self.rollout_episodes or {"ppo": 4, "a2c": 1}[self.algo]  # agents.factory's defaults
             if self.total_episodes % per_update:
@@ -203,6 +201,8 @@ class ReplayConfig:
     """A schedule JSON (``runs/<name>/best_schedule.json``, or a replay's ``schedule.json``) to run open loop."""
     out: str | None = None
     """Output folder; None = ``replay-<policy or schedule name>-seed<seed>`` next to the policy or schedule."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
 
@@ -243,6 +243,8 @@ class CompareConfig:
     out: str = "runs/compare"
     """Output folder (comparison.csv, comparison.png, evaluation.jsonl, config.yaml; with
     ``--protocol``: protocol.csv/json/png, selection.csv, selection.jsonl, evaluation.jsonl)."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
     protocol: bool = False
@@ -384,6 +386,9 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None
         main(parse_config(cls, description))
     except DynaKDError as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); nothing after this point was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def save_config(path: str | Path, config: Any) -> None:
@@ -433,7 +438,7 @@ def expected_spaces(config: EnvConfig) -> Spaces:
     try:
         regression = get_task_spec(backend.task).is_regression
     except UnknownTaskError:  # a custom data file: its spec comes from reading it (cheap)
-        regression = load_task(backend.task, backend.data_dir).spec.is_regression
+        regression = load_task_data(backend).spec.is_regression
     num_teachers = len(backend.teachers)
     codec = make_codec(config, num_teachers, regression)
     return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression)
@@ -581,20 +586,72 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
 
 
 # ---------------------------------------------------------------------------------------------- learning
+RESUME_MAY_CHANGE = frozenset({
+    "total_episodes", "eval_seeds", "baselines", "checkpoint_every", "threads", "env.report_dev", "env.backend.progress",
+})
+"""Settings a ``--resume`` may change: what is learned next is the same run either way."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resume(config: LearnConfig, run_dir: Path) -> None:
+    """Refuse a ``--resume`` whose flags contradict the run: another env, learner or seed (the
+    checkpoint was learned with the saved ones), fewer episodes than are finished, or ``--overwrite``.
+
+    :raises ConfigError: naming each contradicting setting, its saved and its new value.
+    """
+    if config.overwrite:
+        raise ConfigError(f"--resume {run_dir} continues the run and --overwrite deletes it; pass only one of them")
+    saved = load_config_file(LearnConfig, run_dir / CONFIG_FILE)
+    old = _flatten(config_dict(dataclasses.replace(saved, resume=None, overwrite=False)))
+    new = _flatten(config_dict(dataclasses.replace(config, resume=None, overwrite=False)))
+    changed = [k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ConfigError(
+            f"--resume {run_dir} would change what the run learns with ({details}); its checkpoint was learned "
+            f"with the saved settings. Resume without these flags, or start a new run (--name). "
+            f"A resume may change only {sorted(RESUME_MAY_CHANGE)}"
+        )
+    checkpoint = latest_checkpoint(run_dir)
+    done = int(checkpoint["episodes"]) if checkpoint else 0
+    if config.total_episodes < done:
+        raise ConfigError(
+            f"--resume {run_dir} --total-episodes {config.total_episodes}: the run has already finished {done} "
+            f"episodes; pass --total-episodes {done} or more (or leave it out: {saved.total_episodes})"
+        )
+
+
 def prepare_run_dir(config: LearnConfig) -> Path:
-    """Create the run folder; refuse to clobber a finished or interrupted run unless asked to."""
+    """Check the run folder before any work: refuse to clobber a finished or interrupted run unless
+    asked to, and a ``--resume`` whose flags contradict the run (:func:`check_resume`). A resumed
+    run's folder is locked here already; a new one by :func:`claim_run_dir`, once everything is built.
+    """
     run_dir = config.run_dir
     if config.resume:
+        claim_folder(run_dir, resume=True, flag="--resume")
+        check_resume(config, run_dir)
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config.overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
-                "--overwrite, or pick another --name"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()) and not config.overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
+            "--overwrite, or pick another --name"
+        )
     return run_dir
+
+
+def claim_run_dir(config: LearnConfig) -> Path:
+    """Own the run folder until the process exits (an OS lock: a second process that tries to
+    write the same run is refused, naming this one's pid); ``--overwrite`` empties it here."""
+    return claim_folder(config.run_dir, overwrite=config.overwrite and not config.resume,
+                        resume=bool(config.resume), flag="--name")
 
 
 def agent_overrides(config: LearnConfig, episode_length: int) -> dict[str, Any]:
@@ -642,9 +699,37 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
     folder = run_dir / "checkpoints"
     agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo)
     agent.tensorboard_log = str(run_dir / "tensorboard")
-    if checkpoint.get("replay_buffer") and hasattr(agent, "load_replay_buffer"):
-        agent.load_replay_buffer(folder / checkpoint["replay_buffer"])
+    if checkpoint.get("replay_buffer") and getattr(agent, "replay_buffer", None) is not None:
+        load_replay_buffer(agent.replay_buffer, folder / checkpoint["replay_buffer"])
     return agent, done
+
+
+def checkpoint_rng(run_dir: Path) -> dict[str, Any] | None:
+    """The random-number states saved with the run's last checkpoint (None: none saved)."""
+    checkpoint = latest_checkpoint(run_dir)
+    if not checkpoint or not checkpoint.get("rng"):
+        return None
+    return load_rng_state(run_dir / "checkpoints" / checkpoint["rng"])
+
+
+@contextlib.contextmanager
+def resumable(config: LearnConfig, run_dir: Path) -> Iterator[None]:
+    """Turn a Ctrl-C (SIGINT) during learning or evaluation into a short report of where the run
+    stands and the exact command that continues it, and exit status 130, instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(run_dir)
+        covered = int(checkpoint["episodes"]) if checkpoint else 0
+        finished = sum(1 for line in read_episodes(run_dir / EPISODES_FILE) if line.get("done"))
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "learn_policy.py"
+        print(
+            f"\ninterrupted: {finished} of {config.total_episodes} learning episodes finished in {run_dir}; the last "
+            f"checkpoint covers {covered} (the episodes after it are redone, on the same seeds, when resuming).\n"
+            f"continue with: python experiments/{script} --resume {run_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 class EpisodeProgress(BaseCallback):
@@ -704,7 +789,7 @@ def learn(agent: BaseAlgorithm, config: LearnConfig, run_dir: Path, done: int, s
     if remaining <= 0:
         return done
     episodes = EpisodeLogger(run_dir, checkpoint_every=config.checkpoint_every, start_episode=done,
-                             checkpoint_at_end=True)
+                             checkpoint_at_end=True, rng_state=checkpoint_rng(run_dir) if done else None)
     progress = EpisodeProgress(config.total_episodes, done, show=show_progress)
     agent.learn(total_timesteps=remaining * config.env.steps_per_episode, callback=[episodes, progress],
                 tb_log_name="sb3", reset_num_timesteps=done == 0)

@@ -9,7 +9,9 @@ For each (teacher, split) one safetensors file holds
 The file name is a key over everything that changes the outputs: the teacher's weights, the split's
 texts and labels, the tokenizer, ``max_seq_length`` and the mapped layers. A changed input gives a
 new key; a truncated or corrupted file fails its checksum and is rebuilt. Files are written to a
-temporary name and renamed, so a crash never leaves a half-written cache behind.
+temporary name and renamed, so a crash never leaves a half-written cache behind; each entry has a
+lock (``<key>.lock``), so two processes needing it at once build it once (the second waits and
+reuses it), and the temporary files of a killed writer are removed under that lock.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kd_backend.batching import EncodedSplit, length_grouped_batches
 from kd_backend.errors import CacheError, ModelError
 from kd_backend.forward import forward_logits_cls, move_batch
 from kd_backend.io import default_file_mode
+from kd_backend.locking import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +198,17 @@ def load_or_build(
     :return: (outputs, built) — ``built`` is True when the teacher had to run.
     """
     path = Path(cache_dir) / f"{key}.safetensors"
-    if path.exists():
-        try:
-            return load_outputs(path, expected_rows), False
-        except CacheError as err:
-            logger.warning("%s", err)
-    outputs = build()
-    save_outputs(path, outputs, metadata)
+    # One process builds an entry; another that needs it at the same time waits, then reuses it.
+    with FolderLock(Path(cache_dir) / f"{key}.lock", wait=True):
+        for stale in Path(cache_dir).glob(f"{key}.safetensors*.tmp"):  # a killed writer's; none is live under the lock
+            logger.info("removing %s, left by an interrupted cache write", stale)
+            stale.unlink(missing_ok=True)
+        if path.exists():
+            try:
+                return load_outputs(path, expected_rows), False
+            except CacheError as err:
+                logger.warning("%s", err)
+        outputs = build()
+        save_outputs(path, outputs, metadata)
     return outputs, True
 

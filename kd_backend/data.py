@@ -497,8 +497,8 @@ def _load_custom(
         text_columns = next((c for c in TEXT_COLUMN_CANDIDATES if set(c) <= set(columns)), None)
         if text_columns is None:
             raise DataError(
-                f"{paths[0]}: no text column found among {columns}; name it with text_columns "
-                f"(--text-columns), or call it one of {[c[0] for c in TEXT_COLUMN_CANDIDATES[-2:]]}"
+                f"{paths[0]}: no text column found among {columns}; name it (one or two) with --text-columns "
+                f"(text_columns in a config file), or call it one of {[c[0] for c in TEXT_COLUMN_CANDIDATES[-2:]]}"
             )
     for path, (present, records, where) in zip(paths, tables):
         if not records:
@@ -507,7 +507,8 @@ def _load_custom(
             if column not in present:
                 raise DataError(
                     f"{path} has no column {column!r}; its columns are {present}. Pass "
-                    f"{'label_column' if column == label_column else 'text_columns'} naming one of them"
+                    f"{'--label-column' if column == label_column else '--text-columns'} naming one of them "
+                    f"({'label_column' if column == label_column else 'text_columns'} in a config file)"
                 )
         for record, loc in zip(records, where):
             for column in text_columns:
@@ -679,7 +680,9 @@ def load_task(
     if not is_custom:
         given = [k for k, v in custom_options.items() if v is not None]
         if given:
-            raise ConfigError(f"{given} only apply to custom files; task {name!r} does not use them (use task='custom')")
+            raise ConfigError(
+                f"{given} only apply to custom files; task {name!r} does not use them (pass the file as --task PATH)"
+            )
 
     if key is not None:
         spec = GLUE_TASKS[key]
@@ -691,7 +694,10 @@ def load_task(
     else:
         if train_file is None:
             if name.lower() == "custom":
-                raise ConfigError("task='custom' needs train_file (--train-file): a .csv, .tsv, .json or .jsonl file")
+                raise ConfigError(
+                    "task='custom' needs train_file; from the command line pass the file itself as --task PATH "
+                    "(a .csv, .tsv, .json or .jsonl file)"
+                )
             train_file = name
         elif name.lower() != "custom":
             raise ConfigError(f"task={name!r} and train_file={str(train_file)!r} both name data; pass task='custom' with train_file")

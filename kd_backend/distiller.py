@@ -32,6 +32,7 @@ from kd_backend.batching import EncodedSplit, length_grouped_batches
 from kd_backend.cache import TeacherOutputs, cache_key, compute_teacher_outputs, load_or_build
 from kd_backend.data import TaskData
 from kd_backend.errors import ConfigError, ModelError, NonFiniteLossError
+from kd_backend.validation import check_float, check_int
 from kd_backend.forward import forward_logits_cls, move_batch
 from kd_backend.mechanisms import objective_weights, teacher_weights
 from kd_backend.metrics import compute_metrics, main_score
@@ -93,15 +94,16 @@ class DistillerConfig:
     None = every step on the CPU, every 50 steps on CUDA (and always at the end of an epoch)."""
 
     def __post_init__(self) -> None:
+        owner = "DistillerConfig"
         for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"DistillerConfig.{name}={getattr(self, name)!r} must be an integer >= 1")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"DistillerConfig.lr={self.lr!r} must be a finite number > 0")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"DistillerConfig.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
-        if not isinstance(self.stale_max_age, int) or self.stale_max_age < 0:
-            raise ConfigError(f"DistillerConfig.stale_max_age={self.stale_max_age!r} must be an integer >= 0")
+            check_int(owner, name, getattr(self, name), minimum=1)
+        check_float(owner, "lr", self.lr, 0.0, low_open=True)
+        check_float(owner, "weight_decay", self.weight_decay, 0.0)
+        check_float(owner, "warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
+        # <= 0 would flip (negative) or zero every gradient: the run would silently train up the loss or not at all.
+        check_float(owner, "max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
+        check_int(owner, "seed", self.seed, minimum=0, maximum=2**32 - 1)
+        check_int(owner, "stale_max_age", self.stale_max_age, minimum=0)
         if self.finite_check_every is not None and (
             not isinstance(self.finite_check_every, int) or self.finite_check_every < 1
         ):
@@ -112,6 +114,11 @@ class DistillerConfig:
             raise ConfigError(f"DistillerConfig.teacher_source={self.teacher_source!r} must be 'cache' or 'online'")
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple((int(s), int(t)) for s, t in self.layer_map))
+            if not self.layer_map or any(s < 0 or t < 0 for s, t in self.layer_map):
+                raise ConfigError(
+                    f"DistillerConfig.layer_map={self.layer_map!r} is out of range: must be non-empty (student layer, "
+                    "teacher layer) pairs, each >= 0 (0 = embeddings), or None for the PKD default"
+                )
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,13 @@ from kd_backend.data import TaskData, load_task
 from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
+from kd_backend.locking import FolderLock
 from kd_backend.metrics import constant_score
 from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_encoder, load_model
 from kd_backend.pretrained import PRETRAINED, is_pretrained
 from kd_backend.plan import EpochPlan, EvalStats
 from kd_backend.synthetic import SyntheticConfig
+from kd_backend.validation import check_float, check_int
 from kd_backend.tokenization import tokenizer_fingerprint, train_wordpiece_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ class BackendConfig(DistillerConfig):
     """``synthetic`` (built in, no files), a GLUE task (``glue/sst2``, ``rte``, …) or a CSV/TSV/JSON file."""
     data_dir: str | None = None
     """GLUE folder in the official TSV layout (e.g. ``../shared/data/glue``); None = the HF hub."""
+    text_columns: tuple[str, ...] | None = None
+    """Custom file (``--task PATH``): its one or two text columns; None = the first of ``sentence1
+    sentence2``, ..., ``sentence``, ``text`` present."""
+    label_column: str | None = None
+    """Custom file: its label column (None = ``label``). Integers or strings make classes; other numbers regression."""
+    dev_file: str | None = None
+    """Custom file: a dev file with the same columns; None = a seeded 10% of the rows (``data_seed``) held out as dev."""
     train_limit: int | None = None
     """Use a seeded subset of this many training instances (None = all)."""
     dev_limit: int | None = None
@@ -121,14 +130,27 @@ class BackendConfig(DistillerConfig):
                 "random weights; name a pretrained preset (e.g. minilm-l6), a checkpoint folder or a hub id as "
                 "the student, or use student_init='fresh'"
             )
-        if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
-            raise ConfigError(f"teacher_epochs={self.teacher_epochs!r} must be None or an integer >= 1")
-        if self.teacher_lr is not None and not (isinstance(self.teacher_lr, (int, float)) and 0 < self.teacher_lr < 1):
-            raise ConfigError(f"teacher_lr={self.teacher_lr!r} must be None or a number in (0, 1)")
-        if not isinstance(self.student_layers, int) or self.student_layers < 1:
-            raise ConfigError(f"student_layers={self.student_layers!r} must be an integer >= 1")
         for source in (*self.teachers, self.student):
             _check_source(source)
+        if isinstance(self.text_columns, str):
+            object.__setattr__(self, "text_columns", (self.text_columns,))
+        if self.text_columns is not None:
+            object.__setattr__(self, "text_columns", tuple(self.text_columns))
+            if len(self.text_columns) not in (1, 2):
+                raise ConfigError(f"BackendConfig.text_columns={self.text_columns!r} must name one or two columns")
+        owner = "BackendConfig"
+        check_int(owner, "train_limit", self.train_limit, minimum=1, allow_none=True)
+        check_int(owner, "dev_limit", self.dev_limit, minimum=1, allow_none=True)
+        check_float(owner, "ctrl_fraction", self.ctrl_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int(owner, "ctrl_max", self.ctrl_max, minimum=1)
+        check_int(owner, "synthetic_train", self.synthetic_train, minimum=2)
+        check_int(owner, "synthetic_dev", self.synthetic_dev, minimum=1)
+        check_int(owner, "data_seed", self.data_seed, minimum=0, maximum=2**32 - 1)
+        check_int(owner, "student_layers", self.student_layers, minimum=1)
+        check_int(owner, "vocab_size", self.vocab_size, minimum=100)  # WordPiece needs room for its alphabet
+        check_int(owner, "teacher_epochs", self.teacher_epochs, minimum=1, allow_none=True)
+        check_float(owner, "teacher_lr", self.teacher_lr, 0.0, low_open=True, allow_none=True)
+        check_int(owner, "transfer", self.transfer, minimum=0)
 
     def distiller_config(self) -> DistillerConfig:
         """The optimisation part of this config, as a plain :class:`DistillerConfig`."""
@@ -142,6 +164,7 @@ def load_task_data(cfg: BackendConfig) -> TaskData:
         cfg.task, cfg.data_dir, ctrl_fraction=cfg.ctrl_fraction, ctrl_max=cfg.ctrl_max, ctrl_rule=cfg.ctrl_rule,
         transfer=cfg.transfer, seed=cfg.data_seed,
         train_limit=cfg.train_limit, dev_limit=cfg.dev_limit, synthetic=synthetic,
+        dev_file=cfg.dev_file, text_columns=cfg.text_columns, label_column=cfg.label_column,
     )
 
 
@@ -248,15 +271,17 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
         recipe.update(weights=weights, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     out = Path(cfg.cache_dir) / "models" / f"{source}-{key}"
-    if not (out / "config.json").exists():
-        logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
-        train_config = DistillerConfig(
-            epochs=epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=lr,
-            weight_decay=cfg.weight_decay, warmup_ratio=0.1, max_grad_norm=cfg.max_grad_norm,
-            max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
-            cache_dir=cfg.cache_dir, progress=cfg.progress,
-        )
-        fine_tune(task, factory, tokenizer, train_config, out)
+    # A second process that needs the same teacher waits for the first to fine-tune it, then loads it.
+    with FolderLock(out.parent / f"{out.name}.lock", wait=True):
+        if not (out / "config.json").exists():
+            logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
+            train_config = DistillerConfig(
+                epochs=epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=lr,
+                weight_decay=cfg.weight_decay, warmup_ratio=0.1, max_grad_norm=cfg.max_grad_norm,
+                max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
+                cache_dir=cfg.cache_dir, progress=cfg.progress,
+            )
+            fine_tune(task, factory, tokenizer, train_config, out)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
 

@@ -199,9 +199,9 @@ def test_off_policy_checkpoints_as_episodes_end(config, distiller, tmp_path):
     folder = tmp_path / "run" / "checkpoints"
     latest = json.loads((folder / "latest.json").read_text())
     assert latest == {"episodes": 2, "num_timesteps": 2 * length, "model": "episode-00002.zip",
-                      "replay_buffer": "episode-00002-replay.pkl"}
+                      "replay_buffer": "episode-00002-replay.npz", "rng": "episode-00002-rng.json"}
     first = load_agent(folder / "episode-00001.zip", env)
-    assert first.num_timesteps == length and (folder / "episode-00001-replay.pkl").exists()
+    assert first.num_timesteps == length and (folder / "episode-00001-replay.npz").exists()
 
 
 def test_resuming_from_a_checkpoint_shows_each_step_once_in_tensorboard(config, distiller, tmp_path):
