@@ -60,7 +60,11 @@ logger = logging.getLogger(__name__)
 
 Algo = Literal["ppo", "a2c", "dqn", "sac"]
 PAPER_HEURISTICS = ("paper-adoption", "paper-selection", "paper-objective", "paper-combined")
-DEFAULT_BASELINES = ("kd-t0", "kd-t1", "kd-mean", "paper-adoption", "paper-combined", "random")
+DEFAULT_BASELINES = ("ce-only", "kd-t0", "kd-t1", "kd-mean", "pkd", "frac-0.3-random", "paper-adoption",
+                     "paper-combined", "random")
+DEFAULT_MENU = ("ce-only", "kd-t0", "kd-t1", "kd-mean", "adopt-soft", "frac-0.3", "frac-0.3-random", "pkd")
+"""The default env's menu: no KD, each teacher, their mean, soft adoption, 30% of the pool by
+entropy or at random, KD + hidden alignment."""
 DEFAULT_EVAL_SEEDS = (10_000, 10_001, 10_002)
 PROTOCOL_EVAL_SEEDS = (10_000, 10_001, 10_002, 10_003, 10_004)
 PROTOCOL_SELECTION_SEEDS = (20_000, 20_001, 20_002)
@@ -71,19 +75,25 @@ T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------- configs
 def default_env() -> EnvConfig:
-    """The embedded default: the built-in synthetic task, two tiny teachers (trained and cached on
-    first use), a tiny student, 3 epochs per episode, one decision per epoch.
+    """The embedded default, sized for a 2-core CPU and built so that distillation matters.
 
-    Sized for a 2-core CPU: teachers train in ~1.5 minutes once, an episode takes ~2-3 seconds.
-    The reward charges 1 point per plain full-data epoch of compute, so a good schedule both learns
-    (the ctrl score, in points) and saves compute. ``experiments/configs/default.yaml`` is the same.
+    The built-in synthetic task with few labels and much unlabelled text (1,000 labelled training
+    sentences, 600 ctrl, a transfer set of 9,000 unlabelled ones, 1,000 dev); teachers: a
+    ``tiny-2x128`` from scratch (a poor teacher: ~54% dev) and pretrained MiniLM-L6 (~79% dev, both
+    fine-tuned 4 epochs on the labelled rows and cached on first use, ~2 minutes); a ``tiny-1x64``
+    student from scratch (~52% without KD: it learns the rule only from the teachers' targets on the
+    transfer set). 3 epochs per episode, one decision per epoch over an 8-plan menu; the reward charges
+    1 point per full epoch over the 10,000 training rows, so a good schedule both learns (ctrl score,
+    in points) and saves compute. Prefixes of plans are replayed from stored states (``branch_cache``)
+    when a training seed repeats (``LearnConfig.seed_pool``). ``experiments/configs/default.yaml`` is the same.
     """
     backend = BackendConfig(
-        task="synthetic", synthetic_train=4000, synthetic_dev=1000, ctrl_fraction=0.15,
-        teachers=("tiny-2x128", "tiny-4x256"), teacher_epochs=3, teacher_lr=5e-4,
+        task="synthetic", synthetic_train=1600, synthetic_dev=1000, ctrl_fraction=0.375, transfer=9000,
+        teachers=("tiny-2x128", "minilm-l6"), teacher_epochs=4,
         student="tiny-1x64", epochs=3, batch_size=32, lr=1e-3, max_seq_length=64,
     )
-    return EnvConfig(backend=backend, action_space="discrete", reward="dense", cost_weight=1.0)
+    return EnvConfig(backend=backend, action_space="discrete", menu=DEFAULT_MENU, reward="dense", cost_weight=1.0,
+                     branch_cache=64)
 
 
 def _positive(owner: str, name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
@@ -115,7 +125,7 @@ class LearnConfig:
     """Folder holding the runs."""
     algo: Algo = "ppo"
     """Learner: ``ppo`` or ``a2c`` (any action space), ``dqn`` (discrete), ``sac`` (box)."""
-    total_episodes: int = 64
+    total_episodes: int = 48
     """Episodes (KD runs) to learn from."""
     rollout_episodes: int | None = 2
     """PPO/A2C: whole episodes per policy update; DQN/SAC: episodes of exploration before the first
@@ -134,6 +144,11 @@ class LearnConfig:
     ``envs.actions.named_plans``) applied every step, ``paper-adoption`` / ``paper-selection`` /
     ``paper-objective`` / ``paper-combined`` (Li et al.'s heuristics), ``random``, a policy ``.zip``
     or a schedule ``.json``."""
+    seed_pool: int | None = 4
+    """Training episode i uses student seed ``backend.seed + (i mod seed_pool)``; None = a new seed
+    per episode. With ``env.branch_cache`` on, a pool lets episodes that repeat a seed and a prefix
+    of plans continue from the stored state of that prefix instead of retraining it (as a policy
+    converges, most episodes share their first epochs)."""
     checkpoint_every: int = 4
     """Save a checkpoint every this many finished episodes (what ``--resume`` continues from); PPO and
     A2C save after the policy update that learns from them."""
@@ -155,6 +170,7 @@ class LearnConfig:
         _positive(owner, "total_episodes", self.total_episodes)
         _positive(owner, "rollout_episodes", self.rollout_episodes, allow_none=True)
         _positive(owner, "checkpoint_every", self.checkpoint_every, minimum=0)
+        _positive(owner, "seed_pool", self.seed_pool, allow_none=True)
         _positive(owner, "threads", self.threads, allow_none=True)
         check_float(owner, "learning_rate", self.learning_rate, 0.0, low_open=True, allow_none=True)
         check_int(owner, "agent_seed", self.agent_seed, minimum=0, maximum=2**32 - 1)
@@ -473,21 +489,30 @@ def build_env(config: EnvConfig, spaces: Spaces | None = None) -> DistillationEn
 
 
 class SeededEpisodes(gym.Wrapper):
-    """Training episodes with known seeds: episode i uses student seed ``first_seed + i``.
+    """Training episodes with known seeds: episode i uses student seed ``base_seed + i`` (or
+    ``base_seed + i mod pool`` with a seed pool).
 
     SB3 reseeds or auto-resets the env on its own; this wrapper ignores the seed it is given so
     that the training seeds are reproducible, resumable and disjoint from the evaluation seeds.
 
     :param env: the :class:`DistillationEnv`.
-    :param first_seed: seed of the next episode.
+    :param base_seed: seed of episode 0.
+    :param next_episode: index of the next episode (the finished episodes of a resumed run).
+    :param pool: number of distinct seeds cycled through; None = every episode a new seed.
     """
 
-    def __init__(self, env: gym.Env, first_seed: int) -> None:
+    def __init__(self, env: gym.Env, base_seed: int, next_episode: int = 0, pool: int | None = None) -> None:
         super().__init__(env)
-        self.next_seed = first_seed
+        self.base_seed, self.next_episode, self.pool = base_seed, next_episode, pool
+
+    @property
+    def next_seed(self) -> int:
+        i = self.next_episode
+        return self.base_seed + (i if self.pool is None else i % self.pool)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        seed, self.next_seed = self.next_seed, self.next_seed + 1
+        seed = self.next_seed
+        self.next_episode += 1
         return self.env.reset(seed=seed, options=options)
 
 
@@ -690,7 +715,7 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
     if config.resume:
         kept = truncate_episodes(run_dir / EPISODES_FILE, done)
         logger.info("resuming %s after %d finished episodes (%d lines of episodes.jsonl kept)", run_dir, done, kept)
-    train_env = SeededEpisodes(env, first_seed=config.env.backend.seed + done)
+    train_env = SeededEpisodes(env, config.env.backend.seed, next_episode=done, pool=config.seed_pool)
     if checkpoint is None:
         overrides = agent_overrides(config, env.steps_per_episode)
         agent = make_agent(config.algo, train_env, tensorboard_log=run_dir / "tensorboard", seed=config.agent_seed,

@@ -305,13 +305,11 @@ class Distiller:
         return out
 
     def _plain_epoch_flops(self) -> float:
-        """Student training FLOPs of one plain fine-tuning epoch over the labelled training rows
-        (the compute unit; a transfer set makes a KD epoch cost more than 1)."""
+        """Student training FLOPs of one full epoch with every training instance, transfer rows
+        included (the compute unit: a CE-only epoch over the labelled rows of a transfer set costs less)."""
         enc = self._student_enc["train"]
         total = 0.0
-        labelled = np.flatnonzero(self._labelled)
-        for b in length_grouped_batches(enc.lengths[labelled], self.config.batch_size, rng=None):
-            idx = labelled[b]
+        for idx in length_grouped_batches(enc.lengths, self.config.batch_size, rng=None):
             real, padded = enc.num_tokens(idx, self._pad_to)
             total += 3 * forward_flops(self.student, padded, len(idx), padded / len(idx))
         return max(total, 1.0)

@@ -50,11 +50,12 @@ def test_kd_trains_on_transfer_rows_and_ce_never_sees_them(tmp_path):
     distiller.reset(0)
     ce_only = distiller.train_epoch(EpochPlan(kd_weight=0.0))
     assert ce_only.examples_trained == labelled  # a plan without a teacher skips the transfer rows
-    # the compute unit is a plain epoch over the labelled rows: CE-only costs ~1, KD with transfer more
-    assert (ce_only.student_flops + ce_only.teacher_flops) / distiller.full_epoch_flops == pytest.approx(1.0, rel=0.02)
+    # the compute unit is a full epoch over every row: KD costs ~1, CE-only (labelled rows only) less
     distiller.reset(0)
     kd = distiller.train_epoch(EpochPlan())
-    assert kd.examples_trained == len(task.train) and kd.student_flops / distiller.full_epoch_flops > 1.3
+    assert kd.examples_trained == len(task.train)
+    assert kd.student_flops / distiller.full_epoch_flops == pytest.approx(1.0, rel=0.02)
+    assert ce_only.student_flops / distiller.full_epoch_flops < 0.8
     # CE on a batch of only transfer rows is exactly 0 (masked), KD is not
     distiller.reset(0)
     rows = np.flatnonzero(~task.train.labelled)[:16]

@@ -335,3 +335,29 @@ def test_threads_default_to_one_for_tiny_cpu_students():
         assert workflow.configure_threads(2, tiny_config().backend) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_seed_pool_cycles_training_seeds_and_resumes_in_step():
+    import gymnasium as gym
+
+    class Recorder(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, (1,))
+        action_space = gym.spaces.Discrete(2)
+
+        def __init__(self):
+            self.seeds = []
+
+        def reset(self, *, seed=None, options=None):
+            self.seeds.append(seed)
+            return self.observation_space.sample(), {}
+
+    env = Recorder()
+    wrapped = workflow.SeededEpisodes(env, base_seed=100, pool=3)
+    for _ in range(7):
+        wrapped.reset(seed=12345)  # SB3's own seed is ignored
+    assert env.seeds == [100, 101, 102, 100, 101, 102, 100]
+    resumed = workflow.SeededEpisodes(Recorder(), base_seed=100, next_episode=7, pool=3)
+    assert resumed.next_seed == 101  # episode 7 of the uninterrupted run
+    assert workflow.SeededEpisodes(Recorder(), base_seed=5, next_episode=4).next_seed == 9  # no pool: seed + i
+    with pytest.raises(ConfigError, match="seed_pool"):
+        LearnConfig(seed_pool=0)
