@@ -38,7 +38,7 @@ def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path, env) -> lis
     candidates = candidate_schedules(plans, env.steps_per_episode, env.decisions_per_epoch, cfg.first_plans,
                                      cfg.rest_plans)
     result = run_protocol(
-        env, candidates, controllers, cfg.selection_seeds, cfg.seeds,
+        env, candidates, controllers, cfg.selection_seeds, cfg.eval_seeds,
         oracle=cfg.oracle, branch_cache=cfg.protocol_branch_cache, show_progress=cfg.env.backend.progress,
     )
     write_protocol(out, result, task=env.distiller.spec.name)
@@ -58,8 +58,8 @@ def main(cfg: CompareConfig) -> list[dict]:
     workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     if cfg.protocol:
         return protocol(cfg, spaces, out, env)
-    records = workflow.evaluate(env, controllers, cfg.seeds, cfg.env.backend.progress)
-    title = f"{env.distiller.spec.name}: {len(controllers)} controllers x {len(cfg.seeds)} seeds"
+    records = workflow.evaluate(env, controllers, cfg.eval_seeds, cfg.env.backend.progress)
+    title = f"{env.distiller.spec.name}: {len(controllers)} controllers x {len(cfg.eval_seeds)} seeds"
     rows = workflow.write_comparison(out, records, title=title)
     print(f"\n{workflow.format_table(rows, title=title)}")
     print(f"\nwrote {out}/: comparison.csv comparison.png evaluation.jsonl")

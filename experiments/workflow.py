@@ -281,12 +281,19 @@ class CompareConfig:
     protocol_branch_cache: int = 64
     """``--protocol``: epoch states kept so schedules sharing a prefix train it once (0 = off)."""
 
+    @property
+    def eval_seeds(self) -> tuple[int, ...]:
+        """The evaluation seeds: ``seeds``, or the default for the mode."""
+        if self.seeds is not None:
+            return self.seeds
+        return PROTOCOL_EVAL_SEEDS if self.protocol else DEFAULT_EVAL_SEEDS
+
     def __post_init__(self) -> None:
         owner = "CompareConfig"
-        seeds = self.seeds
-        if seeds is None:
-            seeds = PROTOCOL_EVAL_SEEDS if self.protocol else DEFAULT_EVAL_SEEDS
-        object.__setattr__(self, "seeds", _seeds(owner, "seeds", seeds))
+        # None stays None (resolved by eval_seeds): tyro builds the default before --protocol is applied.
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", _seeds(owner, "seeds", self.seeds))
+        seeds = self.eval_seeds
         object.__setattr__(self, "controllers", tuple(self.controllers))
         if not self.controllers and not self.protocol:
             raise ConfigError("CompareConfig.controllers is empty; name at least one controller")
@@ -294,12 +301,12 @@ class CompareConfig:
         _positive(owner, "protocol_branch_cache", self.protocol_branch_cache, minimum=0)
         if self.protocol:
             object.__setattr__(self, "selection_seeds", _seeds(owner, "selection_seeds", self.selection_seeds))
-            if len(self.seeds) < 5:
+            if len(seeds) < 5:
                 raise ConfigError(
-                    f"{owner}.seeds={list(self.seeds)}: the protocol evaluates on at least 5 fresh seeds; pass "
+                    f"{owner}.seeds={list(seeds)}: the protocol evaluates on at least 5 fresh seeds; pass "
                     f"--seeds {' '.join(map(str, PROTOCOL_EVAL_SEEDS))}"
                 )
-            overlap = sorted(set(self.seeds) & set(self.selection_seeds))
+            overlap = sorted(set(seeds) & set(self.selection_seeds))
             if overlap:
                 raise ConfigError(
                     f"{owner}: seeds {overlap} are both --seeds and --selection-seeds; the reference must be "

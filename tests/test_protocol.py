@@ -188,3 +188,14 @@ def test_compare_protocol_script(config, tmp_path):
     i = cmd.index("--seeds")
     bad = subprocess.run(cmd[: i + 1] + ["3", "4"] + cmd[i + 6 :], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "at least 5" in " ".join(bad.stderr.replace("│", " ").split())
+
+
+def test_protocol_flag_alone_gets_five_eval_seeds():
+    """`compare.py --protocol` with no --seeds must run (tyro builds the default before the flag)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from workflow import CompareConfig, parse_config
+
+    assert parse_config(CompareConfig, None, ["--protocol"]).eval_seeds == (10000, 10001, 10002, 10003, 10004)
+    assert parse_config(CompareConfig, None, ["--controllers", "kd-t0"]).eval_seeds == (10000, 10001, 10002)
+    with pytest.raises(ConfigError, match="at least 5 fresh seeds"):
+        CompareConfig(protocol=True, seeds=(1, 2, 3))

@@ -15,6 +15,7 @@ random one, and each one's mean gap to dev. Prints a markdown table, writes ``OU
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from kd_backend.plan import EpochPlan
 class Args:
     backend: Annotated[BackendConfig, tyro.conf.arg(name="")] = BackendConfig()
     config: str | None = None
-    """A learn_policy YAML config whose ``env.backend`` supplies the run (flags above are then ignored)."""
+    """A learn_policy YAML config whose ``env.backend`` supplies the defaults (flags override it)."""
     seeds: tuple[int, ...] = (0,)
     """Student seeds; each row reports mean ± sd over them."""
     rows: tuple[str, ...] = ()
@@ -98,9 +99,6 @@ def random_ctrl(cfg: BackendConfig, task: TaskData) -> TaskData | None:
 def main(args: Args) -> list[dict]:
     set_threads(args.threads)
     cfg = args.backend
-    if args.config:
-        data = yaml.safe_load(Path(args.config).read_text())["env"]["backend"]
-        cfg = replace(overlay_config(BackendConfig, data, args.config), progress=False)
     if args.quick:
         cfg = replace(cfg, task="synthetic", synthetic_train=300, synthetic_dev=100, teachers=("tiny-1x64",),
                       teacher_epochs=1, epochs=1, progress=False, max_seq_length=48, train_limit=150)
@@ -151,5 +149,16 @@ def main(args: Args) -> list[dict]:
     return results
 
 
+def parse(argv: list[str] | None = None) -> Args:
+    """Flags over the ``env.backend`` of ``--config FILE`` (if given) over the defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = Args()
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+        data = yaml.safe_load(Path(path).read_text())["env"]["backend"]
+        default = Args(backend=replace(overlay_config(BackendConfig, data, path), progress=False), config=path)
+    return tyro.cli(Args, args=argv, default=default)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse())
