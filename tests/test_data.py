@@ -360,3 +360,24 @@ def test_text_split_validation_and_immutability() -> None:
         TextSplit(("a", "b"), ("c",), np.array([0, 1]))
     with pytest.raises(DataError, match="class id"):
         TaskData(GLUE_TASKS["sst2"], split, split, TextSplit(("a",), None, np.array([2])))
+
+
+def test_ctrl_follows_dev_lengths_on_sst2_and_random_restores_the_uniform_hold_out():
+    from kd_backend.data import select_ctrl, text_lengths
+
+    glue = "../shared/data/glue"
+    matched = load_task("glue/sst2", glue, ctrl_max=1000, train_limit=2000)
+    uniform = load_task("glue/sst2", glue, ctrl_max=1000, train_limit=2000, ctrl_rule="random")
+    dev_mean = text_lengths(matched.dev).mean()  # whole sentences: ~19.5 words
+    assert abs(text_lengths(matched.ctrl).mean() - dev_mean) < 1.5
+    assert text_lengths(uniform.ctrl).mean() < dev_mean - 7  # phrases: ~9 words
+    assert not set(matched.ctrl.text_a) & set(matched.train.text_a)  # held out
+    # deterministic for a seed, and a uniform draw when train and dev share a distribution
+    again = load_task("glue/sst2", glue, ctrl_max=1000, train_limit=2000)
+    assert again.ctrl == matched.ctrl
+    split = matched.train
+    rng = np.random.default_rng(0)
+    chosen = select_ctrl(split, split, 500, "dev-length", rng)
+    assert len(np.unique(chosen)) == 500 and (np.diff(chosen) > 0).all()
+    with pytest.raises(ConfigError, match="ctrl_rule"):
+        load_task("synthetic", ctrl_rule="longest")

@@ -60,6 +60,7 @@ def plans(teachers: tuple[str, ...]) -> dict[str, EpochPlan]:
     n = len(teachers)
     best = tuple(float(i == n - 1) for i in range(n))
     rows = {"no KD (fine-tuning)": EpochPlan(kd_weight=0.0)}
+    # (the benchmark's --freeze-embeddings applies to every row, this one included)
     for k, name in enumerate(teachers):
         rows[f"static KD from {name}"] = EpochPlan(teacher_weights=tuple(float(i == k) for i in range(n)))
     if n > 1:
@@ -133,6 +134,9 @@ def main(args: Args) -> list[dict]:
         results.append({"row": row, "dev": float(np.mean(dev)), "sd": sd, "ctrl": float(np.mean(ctrl)),
                         "random ctrl": float(np.mean(rnd)) if rnd else "", "compute": float(np.mean(compute)),
                         "seconds": (time.perf_counter() - t0) / len(args.seeds), "plan": plan.to_dict()})
+        r = results[-1]
+        print(f"{row}: dev {r['dev']:.1f} ± {r['sd']:.1f} (sd), ctrl {r['ctrl']:.1f}, compute {r['compute']:.2f}",
+              flush=True)
     title = f"{task.spec.name}: student {cfg.student}, {cfg.epochs} epochs, seeds {list(args.seeds)}"
     print_table(results, ["row", "dev", "sd", "ctrl", "random ctrl", "compute", "seconds"], title=title)
     agreement = {}
