@@ -4,6 +4,7 @@ from the student's own progress on the ctrl split, then compare it with baseline
     python experiments/learn_policy.py                     # the embedded default: synthetic task, CPU
     python experiments/learn_policy.py --config experiments/configs/sst2_cpu.yaml
     python experiments/learn_policy.py --resume runs/default --total-episodes 96   # continue / extend
+    python experiments/learn_policy.py --vec-env ray --n-envs 8 --ray-address auto  # 8 envs on a Ray cluster
     tensorboard --logdir runs
 
 Writes ``runs/<name>/``: ``config.yaml`` (resolved), ``policy.zip``, ``episodes.jsonl`` (every
@@ -31,7 +32,10 @@ def main(cfg: LearnConfig) -> list[dict]:
     env = workflow.build_env(cfg.env, spaces)
     show = cfg.env.backend.progress
     agent, done = workflow.make_learner(cfg, env, run_dir)
-    workflow.learn(agent, cfg, run_dir, done, show)
+    try:
+        workflow.learn(agent, cfg, run_dir, done, show)
+    finally:
+        agent.get_env().close()  # subprocesses / Ray actors of a vector env (the driver's env stays)
     agent.save(run_dir / "policy.zip")
 
     learned = f"learned-{cfg.algo}"
