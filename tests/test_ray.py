@@ -161,3 +161,45 @@ def test_make_vec_env_subproc_keeps_seeds(config):
         assert [info["seed"] for info in infos] == [40, 41]
     finally:
         vec.close()
+
+
+def test_pbt_population_of_two_completes_and_its_schedule_replays(config, local_ray, tmp_path):
+    from agents.pbt import run_pbt
+
+    result = run_pbt(config, tmp_path / "pbt", population=2, quantile_fraction=0.5, seed=0)
+    saved = json.loads((tmp_path / "pbt" / "pbt_schedule.json").read_text())
+    assert saved["controller"] == "pbt" and saved["chosen_by"] == "final_ctrl_score"
+    assert len(saved["plans"]) == STEPS and saved["plans"] == result.plans
+    assert result.trials == 2 and result.decisions_trained == 2 * STEPS
+    assert saved["pbt_total_compute"] == pytest.approx(result.total_compute) and result.total_compute > 0
+    assert result.total_compute >= saved["total_compute"] - 1e-9  # the lineage is part of what was trained
+    trials = json.loads((tmp_path / "pbt" / "pbt_trials.json").read_text())["trials"]
+    assert len(trials) == 2 and max(t["final_ctrl_score"] for t in trials) == result.final_ctrl_score
+
+    # Open-loop replay from scratch on the same seed is the best trial's run, exploits included.
+    spaces = workflow.expected_spaces(config)
+    schedule = workflow.load_schedule(tmp_path / "pbt" / "pbt_schedule.json", config, spaces)
+    env = workflow.build_env(config, spaces)
+    [record] = workflow.evaluate(env, {"pbt": schedule}, [config.backend.seed], show_progress=False)
+    assert record.final_ctrl_score == pytest.approx(result.final_ctrl_score, abs=1e-9)
+    assert record.total_compute == pytest.approx(saved["total_compute"], rel=1e-9)
+
+
+def test_ray_throughput_benchmark_quick(local_ray, tmp_path):
+    import subprocess
+
+    address = ray.get_runtime_context().gcs_address  # the benchmark joins this test's Ray as a client
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "benchmarks" / "ray_throughput.py"), "--quick", "--out",
+         str(tmp_path), "--ray-address", address, "--env.backend.cache-dir", str(cache)],
+        cwd=REPO / "experiments" / "benchmarks", env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads((tmp_path / "ray_throughput.json").read_text())
+    assert [r["setting"] for r in data["rows"]] == ["SubprocVecEnv, 1 env", "SubprocVecEnv, 2 envs",
+                                                   "RayVecEnv, 1 env", "RayVecEnv, 2 envs"]
+    assert all(r["episodes/hour"] > 0 and r["vs SubprocVecEnv"] > 0 for r in data["rows"])
+    assert [r["setting"] for r in data["overhead"]] == ["local step (DummyVecEnv)", "Ray actor step"]
+    assert "per-step overhead of Ray" in proc.stdout
