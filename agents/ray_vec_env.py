@@ -76,12 +76,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # actors without a GPU keep CUDA hidden
     if address is None:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False, **kwargs)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
     else:
         try:
-            ray.init(address=address, log_to_driver=False, **kwargs)
+            ray.init(address=address, **kwargs)
         except ConnectionError as e:
             raise RayEnvError(
                 f"cannot connect to the Ray cluster at {address!r} ({e}); start one with `ray start --head`, "
@@ -248,6 +247,13 @@ class RayVecEnv(VecEnv):
             here = self._ray.get_runtime_context().get_node_id()
             warmed = warm_up(self.env_fns[0], skip_nodes=[here], num_cpus=num_cpus)
             logger.info("warmed up teacher caches on %d other node(s)", len(warmed))
+        total = self._ray.cluster_resources()
+        for name, per_env in (("CPU", num_cpus), ("GPU", num_gpus)):
+            if per_env and len(self.env_fns) * per_env > total.get(name, 0):
+                logger.warning(
+                    "%d Ray envs x %g %s each exceed the cluster's %g %s: the rest wait until resources free up "
+                    "(or an autoscaler adds nodes); lower --n-envs or the resources per env",
+                    len(self.env_fns), per_env, name, total.get(name, 0), name)
         self.actors = [self._new_actor(fn) for fn in self.env_fns]
         n = len(self.env_fns)
         self.restarts = [0] * n

@@ -25,6 +25,10 @@ def main(cfg: LearnConfig) -> list[dict]:
     # Bad input fails here, before teachers are trained or data is encoded.
     spaces = workflow.expected_spaces(cfg.env)
     workflow.check_algorithm(cfg.algo, spaces)
+    if cfg.vec_env == "ray":
+        from agents.ray_vec_env import require_ray
+
+        require_ray()  # without the extra: its install command, before any work
     baselines = workflow.build_controllers(cfg.baselines, cfg.env, spaces, seed=cfg.agent_seed)
     run_dir = workflow.prepare_run_dir(cfg)
     workflow.save_config(run_dir / workflow.CONFIG_FILE, dataclasses.replace(cfg, resume=None, overwrite=False))

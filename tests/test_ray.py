@@ -20,7 +20,7 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import read_episodes
-from agents.vec_env import EnvFactory, SeededEpisodes, make_vec_env
+from agents.vec_env import EnvFactory, SeededEpisodes
 from envs import tiny_config
 
 ray = pytest.importorskip("ray", reason='Ray is not installed; these tests need DynaKD\'s ray extra: pip install -e ".[ray]"')
@@ -153,16 +153,6 @@ def test_killed_actor_is_restarted_and_its_episode_redone(config, local_ray, tmp
     assert [x["stats"]["losses"] for x in lines] == [x["stats"]["losses"] for x in results["dummy"]]
 
 
-def test_make_vec_env_subproc_keeps_seeds(config):
-    vec = make_vec_env("subproc", config, 2, first_seed=40)
-    try:
-        vec.reset()
-        _, _, _, infos = vec.step(np.zeros(2, dtype=np.int64))
-        assert [info["seed"] for info in infos] == [40, 41]
-    finally:
-        vec.close()
-
-
 def test_pbt_population_of_two_completes_and_its_schedule_replays(config, local_ray, tmp_path):
     from agents.pbt import run_pbt
 
@@ -203,3 +193,30 @@ def test_ray_throughput_benchmark_quick(local_ray, tmp_path):
     assert all(r["episodes/hour"] > 0 and r["vs SubprocVecEnv"] > 0 for r in data["rows"])
     assert [r["setting"] for r in data["overhead"]] == ["local step (DummyVecEnv)", "Ray actor step"]
     assert "per-step overhead of Ray" in proc.stdout
+
+
+def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_path):
+    """``learn_policy.py --vec-env ray --n-envs 2 --ray-address ...`` end to end, then ``--resume`` to
+    more episodes: every episode once, seeds = episode numbers, the policy saw them all."""
+    import subprocess
+
+    cfg = LearnConfig(env=config, name="ray2", runs_dir=str(tmp_path), total_episodes=2, rollout_episodes=2,
+                      checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",), vec_env="ray", n_envs=2)
+    path = tmp_path / "learn.yaml"
+    workflow.save_config(path, cfg)
+    address = ray.get_runtime_context().gcs_address
+    script = [sys.executable, str(REPO / "experiments" / "learn_policy.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["--config", path, "--ray-address", address],
+                 ["--resume", tmp_path / "ray2", "--total-episodes", "4", "--ray-address", address]):
+        proc = subprocess.run([*script, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "ray2"
+    lines = read_episodes(run / "episodes.jsonl")
+    assert sorted((x["episode"], x["step"]) for x in lines) == [(e, s) for e in range(4) for s in range(1, STEPS + 1)]
+    assert {x["episode"]: x["seed"] for x in lines} == {e: e for e in range(4)}
+    assert {x["env"] for x in lines} == {0, 1}
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["episodes"] == 4
+    assert (run / "policy.zip").is_file() and (run / "comparison.csv").is_file()
+    assert not (run / workflow.RESTARTS_FILE).exists()  # nothing died
