@@ -115,7 +115,6 @@ def make_trainable() -> type:
             self.distiller.reset(self.env_config.backend.seed)
             self.plans: list[dict[str, Any]] = []
             self.compute = 0.0  # of this lineage's decisions (what a replay of its schedule costs)
-            self.trained = 0.0  # what this trial itself trained (summed over trials: PBT's total)
 
         def step(self) -> dict[str, Any]:
             env, d = self.env_config, self.distiller
@@ -127,10 +126,8 @@ def make_trainable() -> type:
             step_compute = (stats.student_flops + stats.teacher_flops) / d.full_epoch_flops
             self.plans.append(plan.to_dict())
             self.compute += step_compute
-            self.trained += step_compute
             return {METRIC: ctrl.score, "decision": t + 1, "epoch": epoch, "step_compute": step_compute,
-                    "lineage_compute": self.compute, "trial_compute": self.trained,
-                    "done": t + 1 >= env.steps_per_episode}
+                    "lineage_compute": self.compute, "done": t + 1 >= env.steps_per_episode}
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             self.distiller.save_checkpoint(Path(checkpoint_dir) / "run")
@@ -147,6 +144,24 @@ def make_trainable() -> type:
             return True
 
     return KDTrial
+
+
+def make_ledger() -> Any:
+    """A Tune callback (on the driver) that adds up every reported decision's compute per trial:
+    the trials' own result files are rewritten when PBT restores them, so they cannot be summed."""
+    from ray import tune
+
+    class ComputeLedger(tune.Callback):
+        def __init__(self) -> None:
+            self.compute: dict[str, float] = {}
+            self.decisions: dict[str, int] = {}
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            key = trial.trial_id
+            self.compute[key] = self.compute.get(key, 0.0) + float(result["step_compute"])
+            self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    return ComputeLedger()
 
 
 @dataclass
@@ -204,6 +219,9 @@ def run_pbt(
 
     if population < 2:
         raise ConfigError(f"population={population} must be >= 2: PBT exploits between trials")
+    from agents.vec_env import absolute_paths
+
+    env = absolute_paths(env)  # Tune runs each trial in its own folder
     space = space or PBTSpace()
     k = num_teachers if num_teachers is not None else len(env.backend.teachers)
     mutations = space.mutations(k)
@@ -217,6 +235,7 @@ def run_pbt(
         resample_probability=resample_probability, synch=True,
     )
     param_space = {name: tune.choice(values) for name, values in mutations.items()}
+    ledger = make_ledger()
     trainable = tune.with_resources(tune.with_parameters(make_trainable(), env_config=env, threads=threads),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
@@ -224,7 +243,7 @@ def run_pbt(
         tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=population, metric=METRIC, mode="max",
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name="pbt", storage_path=str(out_dir / "tune"), verbose=0,
+            name="pbt", storage_path=str(out_dir / "tune"), verbose=0, callbacks=[ledger],
             stop={"training_iteration": env.steps_per_episode},
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_at_end=True),
         ),
@@ -238,11 +257,11 @@ def run_pbt(
     trials = []
     for r in grid:
         history = json.loads((Path(r.checkpoint.path) / HISTORY_FILE).read_text())
-        frame = r.metrics_dataframe
+        trial_id = r.metrics["trial_id"]
         trials.append({
-            "trial": r.path and Path(r.path).name, "final_ctrl_score": float(r.metrics[METRIC]),
+            "trial": trial_id, "final_ctrl_score": float(r.metrics[METRIC]),
             "plans": history["plans"], "lineage_compute": float(history["compute"]),
-            "trial_compute": float(frame["step_compute"].sum()), "decisions_trained": int(len(frame)),
+            "trial_compute": ledger.compute.get(trial_id, 0.0), "decisions_trained": ledger.decisions.get(trial_id, 0),
             "config": {name: r.config[name] for name in mutations},
         })
     best = max(trials, key=lambda t: t["final_ctrl_score"])

@@ -66,6 +66,25 @@ class SeededEpisodes(gym.Wrapper):
         self.next_seed = int(state["next_seed"])
 
 
+def absolute_paths(config: EnvConfig) -> EnvConfig:
+    """``config`` with its local paths (``cache_dir``, ``data_dir``, a task file, checkpoint folders
+    of teachers or student) made absolute, so that a process with another working directory (a
+    Ray worker, a Tune trial) finds the same files, and the same teacher cache."""
+    from pathlib import Path
+
+    def folder(name: str) -> str:  # a local folder wins over a preset of its name, as in kd_backend.pipeline
+        return str(Path(name).resolve()) if Path(name).is_dir() else name
+
+    b = config.backend
+    backend = dataclasses.replace(
+        b, cache_dir=str(Path(b.cache_dir).resolve()),
+        data_dir=None if b.data_dir is None else str(Path(b.data_dir).resolve()),
+        task=str(Path(b.task).resolve()) if Path(b.task).is_file() else b.task,
+        teachers=tuple(folder(t) for t in b.teachers), student=folder(b.student),
+    )
+    return dataclasses.replace(config, backend=backend)
+
+
 @dataclass(frozen=True)
 class EnvFactory:
     """A picklable recipe for one training env of a vector env: ``factory()`` builds it.
@@ -125,6 +144,7 @@ def make_vec_env(
         raise ConfigError(f"vec_env={kind!r} is not one of {list(VEC_ENVS)}")
     if not isinstance(n_envs, int) or n_envs < 1:
         raise ConfigError(f"n_envs={n_envs!r} must be an integer >= 1")
+    config = absolute_paths(config)  # other processes may run in another directory
     factories = [EnvFactory(config, first_seed + k, n_envs, threads) for k in range(n_envs)]
     if kind == "dummy":
         fns: list[Callable[[], gym.Env]] = list(factories)

@@ -74,7 +74,7 @@ def main(cfg: PBTConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     workflow.build_env(cfg.env, spaces)  # teachers fine-tuned and cached once, before the trials start
-    ray = init_ray(cfg.ray_address)
+    ray = init_ray(cfg.ray_address, log_to_driver=False)  # Tune's per-checkpoint chatter stays in Ray's logs
     try:
         result = run_pbt(
             cfg.env, out, population=cfg.population, space=cfg.space, perturbation_interval=cfg.perturbation_interval,
