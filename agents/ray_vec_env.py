@@ -181,8 +181,9 @@ class _Episode:
         self.actions: list[Any] = []
 
 
-def warm_up(env_fn: Callable[[], gym.Env], skip_nodes: Sequence[str] = (), num_cpus: float = 1) -> list[str]:
-    """Build one env per alive Ray node (except ``skip_nodes``), one node at a time per node, so that
+def warm_up(env_fn: Callable[[], gym.Env], skip_nodes: Sequence[str] = (), num_cpus: float = 1,
+            num_gpus: float = 0) -> list[str]:
+    """Build one env on every alive Ray node (except ``skip_nodes``; the nodes in parallel), so that
     each node fine-tunes its teachers and fills its ``cache_dir`` once before its actors start.
 
     :return: the node ids warmed up.
@@ -196,9 +197,10 @@ def warm_up(env_fn: Callable[[], gym.Env], skip_nodes: Sequence[str] = (), num_c
         return ray.get_runtime_context().get_node_id()
 
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in set(skip_nodes)
-             and n.get("Resources", {}).get("CPU", 0) >= num_cpus]
-    refs = [_build.options(num_cpus=num_cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
-            .remote(env_fn) for n in nodes]
+             and n.get("Resources", {}).get("CPU", 0) >= num_cpus and n.get("Resources", {}).get("GPU", 0) >= num_gpus]
+    refs = [_build.options(num_cpus=num_cpus, num_gpus=num_gpus,
+                           scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(env_fn)
+            for n in nodes]
     return list(ray.get(refs))
 
 
@@ -245,7 +247,7 @@ class RayVecEnv(VecEnv):
         self._remote = self._ray.remote(_EnvActor)
         if warm_up_nodes and len(self._ray.nodes()) > 1:
             here = self._ray.get_runtime_context().get_node_id()
-            warmed = warm_up(self.env_fns[0], skip_nodes=[here], num_cpus=num_cpus)
+            warmed = warm_up(self.env_fns[0], skip_nodes=[here], num_cpus=num_cpus, num_gpus=num_gpus)
             logger.info("warmed up teacher caches on %d other node(s)", len(warmed))
         total = self._ray.cluster_resources()
         for name, per_env in (("CPU", num_cpus), ("GPU", num_gpus)):

@@ -220,3 +220,11 @@ def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_pat
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["episodes"] == 4
     assert (run / "policy.zip").is_file() and (run / "comparison.csv").is_file()
     assert not (run / workflow.RESTARTS_FILE).exists()  # nothing died
+
+
+def test_warm_up_builds_one_env_per_node(config, local_ray):
+    from agents.ray_vec_env import warm_up
+
+    here = ray.get_runtime_context().get_node_id()
+    assert warm_up(EnvFactory(config)) == [here]  # the one node of a local Ray
+    assert warm_up(EnvFactory(config), skip_nodes=[here]) == []
