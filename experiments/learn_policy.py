@@ -4,6 +4,7 @@ from the student's own progress on the ctrl split, then compare it with baseline
     python experiments/learn_policy.py                     # the embedded default: synthetic task, CPU
     python experiments/learn_policy.py --config experiments/configs/sst2_cpu.yaml
     python experiments/learn_policy.py --resume runs/default --total-episodes 96   # continue / extend
+    python experiments/learn_policy.py --vec-env ray --n-envs 8 --ray-address auto  # 8 envs on a Ray cluster
     tensorboard --logdir runs
 
 Writes ``runs/<name>/``: ``config.yaml`` (resolved), ``policy.zip``, ``episodes.jsonl`` (every
@@ -24,6 +25,10 @@ def main(cfg: LearnConfig) -> list[dict]:
     # Bad input fails here, before teachers are trained or data is encoded.
     spaces = workflow.expected_spaces(cfg.env)
     workflow.check_algorithm(cfg.algo, spaces)
+    if cfg.vec_env == "ray":
+        from agents.ray_vec_env import require_ray
+
+        require_ray()  # without the extra: its install command, before any work
     baselines = workflow.build_controllers(cfg.baselines, cfg.env, spaces, seed=cfg.agent_seed)
     run_dir = workflow.prepare_run_dir(cfg)
     env = workflow.build_env(cfg.env, spaces)  # data, teachers and student checked before anything is written
@@ -34,7 +39,10 @@ def main(cfg: LearnConfig) -> list[dict]:
     agent, done = workflow.make_learner(cfg, env, run_dir)
     learned = f"learned-{cfg.algo}"
     with workflow.resumable(cfg, run_dir):  # Ctrl-C: where the run stands and the --resume command, exit 130
-        workflow.learn(agent, cfg, run_dir, done, show)
+        try:
+            workflow.learn(agent, cfg, run_dir, done, show)
+        finally:
+            agent.get_env().close()  # subprocesses / Ray actors of a vector env (the driver's env stays)
         agent.save(run_dir / "policy.zip")
         records = workflow.evaluate(env, {learned: agent, **baselines}, cfg.eval_seeds, show)
     best = workflow.save_best_schedule(run_dir / "best_schedule.json", records, learned, run=str(run_dir))

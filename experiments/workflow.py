@@ -46,6 +46,7 @@ from agents import (
 )
 from agents.callbacks import EPISODES_FILE, read_episodes
 from agents.storage import load_replay_buffer, load_rng_state
+from agents.vec_env import VEC_ENVS, SeededEpisodes, VecEnvKind, make_vec_env  # noqa: F401 (SeededEpisodes: re-exported)
 from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
@@ -160,9 +161,38 @@ class LearnConfig:
     threads: int | None = None
     """torch CPU threads; None = 1 for a tiny preset student on CPU (several times faster on
     small machines, where OpenMP threads spin-wait), else torch's default."""
+    vec_env: VecEnvKind = "dummy"
+    """How the ``n_envs`` training envs run: ``dummy`` (one after the other in this process),
+    ``subproc`` (one process each) or ``ray`` (one Ray actor each, on this machine or a cluster)."""
+    n_envs: int = 1
+    """Training envs stepping together; episode i still uses seed ``seed + i``. PPO/A2C need
+    ``rollout_episodes`` (and every run ``total_episodes``) to be a multiple of it."""
+    ray_address: str | None = None
+    """``--vec-env ray``: a running Ray cluster (``auto``, or ``host:port`` of ``ray start --head``);
+    None = start a local Ray on this machine."""
+    ray_cpus_per_env: float = 1.0
+    """``--vec-env ray``: CPUs each env's actor reserves."""
+    ray_gpus_per_env: float = 0.0
+    """``--vec-env ray``: GPUs each env's actor reserves; a fraction shares a GPU (0.25 = 4 envs per GPU)."""
+    ray_max_restarts: int = 3
+    """``--vec-env ray``: restarts of a dead actor allowed per env (its episode is redone from the
+    start, same seed and actions); one more ends learning with an error."""
 
     def __post_init__(self) -> None:
         owner = "LearnConfig"
+        if self.vec_env not in VEC_ENVS:
+            raise ConfigError(f"{owner}.vec_env={self.vec_env!r} is not one of {list(VEC_ENVS)}")
+        _positive(owner, "n_envs", self.n_envs)
+        _positive(owner, "ray_max_restarts", self.ray_max_restarts, minimum=0)
+        if self.ray_cpus_per_env < 0 or self.ray_gpus_per_env < 0:
+            raise ConfigError(f"{owner}: --ray-cpus-per-env {self.ray_cpus_per_env} and --ray-gpus-per-env "
+                              f"{self.ray_gpus_per_env} must be >= 0")
+        if self.total_episodes % self.n_envs:
+            raise ConfigError(
+                f"{owner}.total_episodes={self.total_episodes} is not a multiple of n_envs={self.n_envs}: the "
+                f"{self.n_envs} envs start and end their episodes together; use --total-episodes "
+                f"{-(-self.total_episodes // self.n_envs) * self.n_envs}"
+            )
         if self.algo not in ("ppo", "a2c", "dqn", "sac"):
             raise ConfigError(f"{owner}.algo={self.algo!r} is not one of ['ppo', 'a2c', 'dqn', 'sac']")
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -176,6 +206,12 @@ class LearnConfig:
         check_int(owner, "agent_seed", self.agent_seed, minimum=0, maximum=2**32 - 1)
         if self.algo in ("ppo", "a2c"):
             per_update = self.rollout_episodes or {"ppo": 4, "a2c": 1}[self.algo]  # agents.factory's defaults
+            if per_update % self.n_envs:
+                raise ConfigError(
+                    f"{owner}.rollout_episodes={per_update} is not a multiple of n_envs={self.n_envs}: each "
+                    f"update learns from whole rounds of the {self.n_envs} envs' episodes; use --rollout-episodes "
+                    f"{-(-per_update // self.n_envs) * self.n_envs}"
+                )
             if self.total_episodes % per_update:
                 lower, upper = self.total_episodes - self.total_episodes % per_update, -(-self.total_episodes // per_update) * per_update
                 hint = f"{lower} or {upper}" if lower else str(upper)
@@ -495,34 +531,6 @@ def build_env(config: EnvConfig, spaces: Spaces | None = None) -> DistillationEn
     return env
 
 
-class SeededEpisodes(gym.Wrapper):
-    """Training episodes with known seeds: episode i uses student seed ``base_seed + i`` (or
-    ``base_seed + i mod pool`` with a seed pool).
-
-    SB3 reseeds or auto-resets the env on its own; this wrapper ignores the seed it is given so
-    that the training seeds are reproducible, resumable and disjoint from the evaluation seeds.
-
-    :param env: the :class:`DistillationEnv`.
-    :param base_seed: seed of episode 0.
-    :param next_episode: index of the next episode (the finished episodes of a resumed run).
-    :param pool: number of distinct seeds cycled through; None = every episode a new seed.
-    """
-
-    def __init__(self, env: gym.Env, base_seed: int, next_episode: int = 0, pool: int | None = None) -> None:
-        super().__init__(env)
-        self.base_seed, self.next_episode, self.pool = base_seed, next_episode, pool
-
-    @property
-    def next_seed(self) -> int:
-        i = self.next_episode
-        return self.base_seed + (i if self.pool is None else i % self.pool)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        seed = self.next_seed
-        self.next_episode += 1
-        return self.env.reset(seed=seed, options=options)
-
-
 class SpacesOnlyEnv(gym.Env):
     """Stands in for a :class:`DistillationEnv` where only its spaces matter (loading a policy
     before any heavy work); it cannot run episodes."""
@@ -687,19 +695,49 @@ def claim_run_dir(config: LearnConfig) -> Path:
 
 
 def agent_overrides(config: LearnConfig, episode_length: int) -> dict[str, Any]:
-    """Constructor arguments of the learner that the config changes from ``agents.factory``'s defaults."""
+    """Constructor arguments of the learner that the config changes from ``agents.factory``'s defaults.
+
+    With ``n_envs`` envs, SB3's ``n_steps`` counts steps per env: a rollout of R episodes is
+    ``R / n_envs`` episodes of each env.
+    """
     overrides: dict[str, Any] = {}
     if config.learning_rate is not None:
         overrides["learning_rate"] = config.learning_rate
+    n = config.n_envs
     if config.rollout_episodes is not None:
         steps = config.rollout_episodes * episode_length
         if config.algo == "ppo":
-            overrides.update(n_steps=steps, batch_size=max(2, min(steps, episode_length)))
+            overrides.update(n_steps=steps // n, batch_size=max(2, min(steps, episode_length)))
         elif config.algo == "a2c":
-            overrides["n_steps"] = steps
+            overrides["n_steps"] = steps // n
         else:
             overrides["learning_starts"] = steps
+    elif n > 1 and config.algo in ("ppo", "a2c"):
+        per_update = {"ppo": 4, "a2c": 1}[config.algo] * episode_length
+        overrides["n_steps"] = per_update // n
     return overrides
+
+
+RESTARTS_FILE = "ray_restarts.jsonl"
+"""One line per restarted Ray actor of a learning run (``--vec-env ray``)."""
+
+
+def make_train_env(config: LearnConfig, env: DistillationEnv, first_seed: int, run_dir: Path) -> Any:
+    """The learner's env: ``env`` itself (one env, ``dummy``) or a vector env of ``n_envs`` copies.
+
+    ``env`` was built first (:func:`build_env`), so its teachers and caches are on disk and the
+    other envs' processes only load them. Episode i uses seed ``first_seed + i`` either way.
+    """
+    pool = dict(seed_pool=config.seed_pool, base_seed=config.env.backend.seed)
+    if config.vec_env == "dummy" and config.n_envs == 1:
+        return SeededEpisodes(env, first_seed=first_seed, pool=config.seed_pool, base_seed=config.env.backend.seed)
+    ray_options: dict[str, Any] = {}
+    if config.vec_env == "ray":
+        ray_options = dict(num_cpus=config.ray_cpus_per_env, num_gpus=config.ray_gpus_per_env,
+                           max_restarts=config.ray_max_restarts, address=config.ray_address,
+                           restart_log=run_dir / RESTARTS_FILE)
+    return make_vec_env(config.vec_env, config.env, config.n_envs, first_seed, local_env=env,
+                        threads=torch.get_num_threads(), **pool, **ray_options)
 
 
 def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -714,7 +752,8 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
     Resuming drops the ``episodes.jsonl`` lines of episodes the checkpoint does not cover (they
     are redone, with the same seeds), so no episode is lost or repeated.
 
-    :return: the learner (acting in a :class:`SeededEpisodes` wrapper of ``env``) and the number
+    :return: the learner (acting in :func:`make_train_env`'s env: a :class:`SeededEpisodes` wrapper
+        of ``env``, or a vector env of ``n_envs``) and the number
         of episodes already finished.
     """
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
@@ -722,7 +761,7 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
     if config.resume:
         kept = truncate_episodes(run_dir / EPISODES_FILE, done)
         logger.info("resuming %s after %d finished episodes (%d lines of episodes.jsonl kept)", run_dir, done, kept)
-    train_env = SeededEpisodes(env, config.env.backend.seed, next_episode=done, pool=config.seed_pool)
+    train_env = make_train_env(config, env, config.env.backend.seed + done, run_dir)
     if checkpoint is None:
         overrides = agent_overrides(config, env.steps_per_episode)
         agent = make_agent(config.algo, train_env, tensorboard_log=run_dir / "tensorboard", seed=config.agent_seed,

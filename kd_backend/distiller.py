@@ -331,13 +331,16 @@ class Distiller:
         self.student.to(self.device)
         gen = torch.Generator().manual_seed(self.seed + 1)
         # One projection per mapped layer pair, only where the teacher is wider or narrower.
+        # nn.Linear draws its default init from the global generator before _init_linear redraws it
+        # from ``gen``: fork it, so a reset leaves the caller's RNG (an RL agent's sampling) untouched.
         self.projections = nn.ModuleList()
-        for shape in self._proj_shapes:
-            layers = nn.ModuleList()
-            if shape is not None:
-                h_s, h_t, n = shape
-                layers.extend(_init_linear(nn.Linear(h_s, h_t), gen) for _ in range(n))
-            self.projections.append(layers)
+        with torch.random.fork_rng(devices=[]):
+            for shape in self._proj_shapes:
+                layers = nn.ModuleList()
+                if shape is not None:
+                    h_s, h_t, n = shape
+                    layers.extend(_init_linear(nn.Linear(h_s, h_t), gen) for _ in range(n))
+                self.projections.append(layers)
         self.projections.to(self.device)
         decay, no_decay = [], []
         for name, p in list(self.student.named_parameters()) + list(self.projections.named_parameters()):

@@ -352,12 +352,17 @@ def test_seed_pool_cycles_training_seeds_and_resumes_in_step():
             return self.observation_space.sample(), {}
 
     env = Recorder()
-    wrapped = workflow.SeededEpisodes(env, base_seed=100, pool=3)
+    wrapped = workflow.SeededEpisodes(env, first_seed=100, pool=3, base_seed=100)
     for _ in range(7):
         wrapped.reset(seed=12345)  # SB3's own seed is ignored
     assert env.seeds == [100, 101, 102, 100, 101, 102, 100]
-    resumed = workflow.SeededEpisodes(Recorder(), base_seed=100, next_episode=7, pool=3)
-    assert resumed.next_seed == 101  # episode 7 of the uninterrupted run
-    assert workflow.SeededEpisodes(Recorder(), base_seed=5, next_episode=4).next_seed == 9  # no pool: seed + i
+    resumed = workflow.SeededEpisodes(Recorder(), first_seed=107, pool=3, base_seed=100)  # after 7 episodes
+    assert resumed.seed_of(resumed.next_seed) == 101  # episode 7 of the uninterrupted run
+    two = [workflow.SeededEpisodes(Recorder(), first_seed=100 + k, stride=2, pool=3, base_seed=100) for k in range(2)]
+    for _ in range(3):
+        for w in two:
+            w.reset()
+    assert [w.env.seeds for w in two] == [[100, 102, 101], [101, 100, 102]]  # episodes 0..5 over 2 envs
+    assert workflow.SeededEpisodes(Recorder(), first_seed=9).seed_of(9) == 9  # no pool: seed + i
     with pytest.raises(ConfigError, match="seed_pool"):
         LearnConfig(seed_pool=0)
