@@ -67,8 +67,8 @@ def run(args: Args) -> dict:
     set_threads(args.threads)
     cfg = args.env
     if args.quick:
-        cfg = replace(cfg, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, teachers=("tiny-1x64",),
-                                           teacher_epochs=1, epochs=2, max_seq_length=48))
+        cfg = replace(cfg, menu=None, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, transfer=100,
+                                                      teachers=("tiny-1x64",), teacher_epochs=1, epochs=2, max_seq_length=48))
     factory = _EnvFactory(cfg, args.threads)
     t0 = time.perf_counter()
     env = factory()  # first build: trains and caches the teachers if the cache is cold

@@ -39,8 +39,8 @@ def run(args: Args) -> dict:
     set_threads(args.threads)
     cfg = args.env
     if args.quick:
-        cfg = replace(cfg, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, teachers=("tiny-1x64",),
-                                           teacher_epochs=1, epochs=2, max_seq_length=48))
+        cfg = replace(cfg, menu=None, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, transfer=100,
+                                                      teachers=("tiny-1x64",), teacher_epochs=1, epochs=2, max_seq_length=48))
     env = DistillationEnv(cfg)
     distiller = env.distiller
     plan = EpochPlan(teacher_mode="soft" if distiller.num_teachers > 1 else "fixed", fraction=0.5)

@@ -42,7 +42,7 @@ class Args:
     seeds: tuple[int, ...] = (0,)
     """Student seeds; each row reports mean ± sd over them."""
     rows: tuple[str, ...] = ()
-    """Only these rows (names as printed); empty = all."""
+    """Only the rows whose printed name starts with one of these; empty = all."""
     out: str = "runs/bench/mechanisms"
     """Output folder."""
     threads: int = 1
@@ -116,7 +116,7 @@ def main(args: Args) -> list[dict]:
                for k, n in enumerate(names)]
     runs = []
     for row, plan in plans(names).items():
-        if args.rows and row not in args.rows:
+        if args.rows and not any(row.startswith(prefix) for prefix in args.rows):
             continue
         dev, ctrl, rnd, compute, t0 = [], [], [], [], time.perf_counter()
         for seed in args.seeds:

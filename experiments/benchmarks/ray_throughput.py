@@ -97,8 +97,8 @@ def run(args: Args) -> dict:
     set_threads(args.threads)
     cfg, episodes, null_steps, repeats = args.env, args.episodes, args.null_steps, args.repeats
     if args.quick:
-        cfg = replace(cfg, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, teachers=("tiny-1x64",),
-                                           teacher_epochs=1, epochs=2, max_seq_length=48))
+        cfg = replace(cfg, menu=None, backend=replace(cfg.backend, synthetic_train=200, synthetic_dev=50, transfer=100,
+                                                      teachers=("tiny-1x64",), teacher_epochs=1, epochs=2, max_seq_length=48))
         episodes, null_steps, repeats = 2, 20, 1
     local = EnvFactory(cfg, 0, 1, args.threads)()  # fills the teacher cache before any other process starts
     local.reset(seed=0)
