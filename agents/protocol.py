@@ -41,7 +41,7 @@ from agents.baselines import Controller, EpisodeRecord, ScheduleController, eval
 from envs.actions import MenuCodec
 from envs.distillation_env import DistillationEnv
 from kd_backend.errors import ConfigError, DynaKDError
-from kd_backend.io import atomic_write_json, atomic_write_text
+from kd_backend.io import atomic_write_json, atomic_write_text, save_figure
 from kd_backend.plan import EpochPlan
 
 CandidateKind = Literal["static", "grid"]
@@ -472,10 +472,7 @@ def plot_frontier(result: ProtocolResult, path: str | Path) -> Path:
     ax.set_title(f"dev vs compute; reference {result.reference} chosen on ctrl")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def write_protocol(out_dir: str | Path, result: ProtocolResult, **metadata: Any) -> list[Path]:

@@ -51,6 +51,7 @@ from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observatio
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
+from kd_backend.io import save_figure
 from kd_backend.models import PRESETS
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict, load_task_data
 from kd_backend.plan import EpochPlan
@@ -964,10 +965,7 @@ def plot_comparison(records: Sequence[EpisodeRecord], path: str | Path, title: s
     ax.set_title(title or "KD schedules: score vs compute")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(out_dir: str | Path, records: Sequence[EpisodeRecord], title: str = "") -> list[dict[str, Any]]:

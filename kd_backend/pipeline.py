@@ -39,7 +39,7 @@ from kd_backend.io import atomic_write_json
 from kd_backend.locking import FolderLock
 from kd_backend.metrics import constant_score
 from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_encoder, load_model
-from kd_backend.pretrained import PRETRAINED, is_pretrained
+from kd_backend.pretrained import PRETRAINED, is_pretrained, pretrained_path
 from kd_backend.plan import EpochPlan, EvalStats
 from kd_backend.synthetic import SyntheticConfig
 from kd_backend.validation import check_float, check_int
@@ -256,11 +256,14 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
         return Teacher(name=Path(source).name or source, model=model, tokenizer=tok)
     epochs, lr = teacher_recipe(source, cfg)
     if is_pretrained(source):
-        factory, tokenizer = pretrained_factory(source, task)
+        from transformers import AutoTokenizer
+
+        # Only the tokenizer keys the recipe; the weights are read only if the teacher must be fine-tuned.
+        tokenizer = AutoTokenizer.from_pretrained(str(pretrained_path(source)))
         weights = PRETRAINED[source].sha256
     else:
         tokenizer = task_tokenizer(task, cfg.vocab_size, cfg.cache_dir)
-        factory, weights = preset_factory(source, task, tokenizer), None
+        weights = None
     labelled = task.train if task.train.labelled.all() else task.train.select(np.flatnonzero(task.train.labelled))
     recipe = {  # teachers learn from gold labels: a transfer set does not change them
         "preset": source, "task": labelled.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -281,6 +284,7 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
                 max_seq_length=cfg.max_seq_length, device=cfg.device, bf16=cfg.bf16, seed=cfg.data_seed,
                 cache_dir=cfg.cache_dir, progress=cfg.progress,
             )
+            factory = pretrained_factory(source, task)[0] if weights else preset_factory(source, task, tokenizer)
             fine_tune(task, factory, tokenizer, train_config, out)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
