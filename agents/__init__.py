@@ -7,14 +7,14 @@ from agents.baselines import (
 )
 from agents.callbacks import EpisodeLogger, read_episodes, truncate_episodes
 from agents.protocol import (
-    Candidate, ProtocolResult, candidate_schedules, dev_sealed, format_protocol, menu_plans, paired_difference,
-    run_protocol, write_protocol,
+    Candidate, ProtocolResult, candidate_schedules, dev_sealed, format_protocol, menu_plans, merge_costs,
+    paired_difference, read_records, reusable_records, run_protocol, write_protocol,
 )
 from agents.factory import ALGORITHMS, compatible_algorithms, default_hyperparameters, load_agent, make_agent
 
 __all__ = [
     "ALGORITHMS", "Candidate", "Controller", "ProtocolResult", "candidate_schedules", "dev_sealed",
-    "format_protocol", "menu_plans", "paired_difference", "run_protocol", "write_protocol", "EpisodeLogger", "EpisodeRecord", "PaperHeuristic", "RandomController",
+    "format_protocol", "menu_plans", "merge_costs", "paired_difference", "read_records", "reusable_records", "run_protocol", "write_protocol", "EpisodeLogger", "EpisodeRecord", "PaperHeuristic", "RandomController",
     "ScheduleController", "StaticController", "StepRecord", "compatible_algorithms", "default_hyperparameters",
     "evaluate_controller", "load_agent", "make_agent", "read_episodes", "truncate_episodes",
 ]

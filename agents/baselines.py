@@ -205,6 +205,18 @@ class EpisodeRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpisodeRecord:
+        """The inverse of :meth:`to_dict` (a line of ``evaluation.jsonl`` / ``selection.jsonl``).
+
+        :raises ConfigError: a missing or unknown field, naming it.
+        """
+        try:
+            steps = [StepRecord(**s) for s in data["steps"]]
+            return cls(**{**data, "steps": steps})
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not an episode record ({e}); expected a line written by EpisodeRecord.to_dict") from e
+
 
 def evaluate_controller(
     env: gym.Env, controller: Controller, seeds: Sequence[int], deterministic: bool = True, name: str | None = None

@@ -30,7 +30,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -265,6 +265,8 @@ class PhaseCost:
     """Decisions served from a stored branch (not retrained)."""
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
+    episodes_reused: int = 0
+    """Episodes taken from an earlier run (``prior``) instead of being run; they cost nothing here."""
 
     @property
     def fraction_replayed(self) -> float:
@@ -275,7 +277,7 @@ class PhaseCost:
             "episodes": self.episodes, "decisions": self.decisions, "decisions_replayed": self.decisions_replayed,
             "epochs_trained": (self.decisions - self.decisions_replayed) / decisions_per_epoch,
             "fraction_replayed": self.fraction_replayed, "cpu_seconds": self.cpu_seconds,
-            "wall_seconds": self.wall_seconds,
+            "wall_seconds": self.wall_seconds, "episodes_reused": self.episodes_reused,
         }
 
 
@@ -298,24 +300,92 @@ class ProtocolResult:
 
 def _run(
     env: DistillationEnv, controllers: Mapping[str, Controller], seeds: Sequence[int], cost: PhaseCost,
-    seed_major: bool, progress: Any = None,
+    seed_major: bool, progress: Any = None, prior: Mapping[str, Sequence[EpisodeRecord]] | None = None,
 ) -> list[EpisodeRecord]:
-    """Every controller on every seed; ``seed_major``: all controllers per seed (branch sharing)."""
+    """Every controller on every seed; ``seed_major``: all controllers per seed (branch sharing).
+    ``prior``: records to use instead of running, by controller (see :func:`reusable_records`)."""
+    prior = prior or {}
+    reused = [r for name in controllers if name in prior for r in prior[name] if r.seed in seeds]
     pairs = [(n, s) for s in seeds for n in controllers] if seed_major else [(n, s) for n in controllers for s in seeds]
+    pairs = [(n, s) for n, s in pairs if n not in prior]
+    if progress is not None and reused:
+        progress.update(len(reused))
     hits0 = env.branches.hits if env.branches is not None else 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    records = []
+    records = list(reused)
     for name, seed in pairs:
         records.extend(evaluate_controller(env, controllers[name], [seed], deterministic=True, name=name))
         if progress is not None:
             progress.update(1)
     cost.episodes += len(pairs)
+    cost.episodes_reused += len(reused)
     cost.decisions += len(pairs) * env.steps_per_episode
     cost.decisions_replayed += (env.branches.hits if env.branches is not None else 0) - hits0
     cost.cpu_seconds += time.process_time() - cpu0
     cost.wall_seconds += time.perf_counter() - wall0
     order = {n: i for i, n in enumerate(controllers)}
-    return sorted(records, key=lambda r: order[r.controller])  # stable: seeds stay in order
+    return sorted(records, key=lambda r: (order[r.controller], seeds.index(r.seed)))
+
+
+def reusable_records(
+    prior: Sequence[EpisodeRecord], controllers: Mapping[str, Controller], seeds: Sequence[int],
+    plans: Mapping[str, Sequence[EpochPlan]] | None = None, names: Collection[str] = (),
+) -> dict[str, list[EpisodeRecord]]:
+    """The earlier episodes that may stand in for running ``controllers`` on ``seeds``.
+
+    A controller is reused whole or not at all: only if ``prior`` holds it on every seed, and only
+    if it is a schedule of ``plans`` whose every recorded episode applied exactly those plans (the
+    record's meaning, not just its name), or one of ``names`` (built-in controllers, which mean the
+    same in every run of the same env config). Anything else (a policy file, which may have changed
+    under its name) runs again.
+    """
+    plans = plans or {}
+    by_name = _by_controller(prior)
+    out = {}
+    for name in controllers:
+        got = {r.seed: r for r in by_name.get(name, []) if r.seed in seeds}
+        if set(got) != set(seeds):
+            continue
+        if name in plans:
+            want = [p.to_dict() for p in plans[name]]
+            if any(r.schedule != want for r in got.values()):
+                continue
+        elif name not in names:
+            continue
+        out[name] = [got[s] for s in seeds]
+    return out
+
+
+def merge_costs(prior: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Phase costs of an earlier run (``protocol.json``'s ``costs``) plus this run's: what the episodes
+    behind a report reusing that run's records cost in all (:func:`run_protocol`'s ``prior``)."""
+    out = {}
+    for phase, cost in new.items():
+        before = prior.get(phase, {})
+        merged = {k: v + before.get(k, 0) if k not in ("fraction_replayed", "episodes_reused") else v
+                  for k, v in cost.items()}
+        merged["fraction_replayed"] = merged["decisions_replayed"] / merged["decisions"] if merged["decisions"] else 0.0
+        out[phase] = merged
+    return out
+
+
+def read_records(path: str | Path) -> list[EpisodeRecord]:
+    """Episode records from a ``selection.jsonl`` / ``evaluation.jsonl`` file.
+
+    :raises ConfigError: a missing file or a line that is not an episode record (naming the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; --reuse needs a folder written by compare.py --protocol")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(EpisodeRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise ConfigError(f"{path} line {i} is not an episode record ({e}); rerun the protocol without --reuse") from e
+    return out
 
 
 def run_protocol(
@@ -327,6 +397,8 @@ def run_protocol(
     oracle: bool = True,
     branch_cache: int = 64,
     show_progress: bool = False,
+    prior: Sequence[EpisodeRecord] = (),
+    reuse_names: Collection[str] = (),
 ) -> ProtocolResult:
     """Select the reference on ctrl (selection seeds), then evaluate everything on fresh seeds.
 
@@ -341,6 +413,12 @@ def run_protocol(
     :param oracle: also evaluate every candidate on ``eval_seeds`` and report the dev-best (the
         oracle upper bound); False evaluates only the reference and the best static plan.
     :param branch_cache: epoch states kept for prefix sharing (0 = retrain every prefix).
+    :param prior: episodes of an earlier run of the same env config (:func:`read_records`): a
+        candidate or controller it holds on every seed of a phase is taken from it instead of run
+        (see :func:`reusable_records`), so adding a controller, or the oracle, to a finished
+        protocol runs only what is new. The caller checks that the env configs match.
+    :param reuse_names: controllers of ``controllers`` that ``prior`` may stand in for by name
+        (built-in baselines); candidates are matched by their plans.
     :raises ConfigError: overlapping or too few seeds, duplicate names, no static candidate.
     """
     sel_seeds, ev_seeds = tuple(int(s) for s in selection_seeds), tuple(int(s) for s in eval_seeds)
@@ -371,14 +449,24 @@ def run_protocol(
 
     costs = {"selection": PhaseCost(), "candidates_eval": PhaseCost(), "controllers_eval": PhaseCost()}
     with tqdm(total=total, desc="protocol", unit="episode", disable=not show_progress, dynamic_ncols=True) as bar:
+        plans = {c.name: c.plans for c in candidates}
         with dev_sealed(env.distiller):
-            selection_records = _run(select_env, schedules, sel_seeds, costs["selection"], seed_major=True, progress=bar)
+            selection_records = _run(
+                select_env, schedules, sel_seeds, costs["selection"], seed_major=True, progress=bar,
+                prior=reusable_records(prior, schedules, sel_seeds, plans),
+            )
         table = selection_table(candidates, selection_records)
         reference, best_static = pick_reference(table), pick_reference(table, "static")
         chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static))}
         extras = {n: c for n, c in controllers.items() if n not in chosen}  # a candidate's runs are reused
-        eval_records = _run(eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar)
-        eval_records += _run(eval_env, extras, ev_seeds, costs["controllers_eval"], seed_major=False, progress=bar)
+        eval_records = _run(
+            eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar,
+            prior=reusable_records(prior, chosen, ev_seeds, plans),
+        )
+        eval_records += _run(
+            eval_env, extras, ev_seeds, costs["controllers_eval"], seed_major=False, progress=bar,
+            prior=reusable_records(prior, extras, ev_seeds, names=reuse_names),
+        )
     oracle_name = pick_oracle(eval_records, list(schedules)) if oracle else None
     roles: dict[str, list[str]] = {}
     roles.setdefault(reference, []).append("reference (ctrl-best of static plans and grid)")

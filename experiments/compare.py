@@ -17,7 +17,12 @@ heuristics, random and ``--controllers`` run on ``--seeds`` (at least 5):
 
 writing ``protocol.csv`` (dev and ctrl mean ± SE, compute, paired difference to the reference,
 compute ratio to the best static plan), ``selection.csv``, ``protocol.json`` (choices, seeds, the
-grid search's cost), ``protocol.png`` (the dev-vs-compute frontier) and the episodes.
+grid search's cost), ``protocol.png`` (the dev-vs-compute frontier) and the episodes. Add a
+controller (or ``--oracle``) to a finished protocol without rerunning it: ``--reuse runs/protocol``
+takes every candidate and built-in controller episode it holds, and runs only the rest:
+
+    python experiments/compare.py --protocol --reuse runs/protocol --controllers runs/default/policy.zip \
+        --out runs/protocol-policy
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ import workflow
 from kd_backend.locking import check_folder, claim_folder
 from workflow import CompareConfig
 
-from agents import candidate_schedules, format_protocol, menu_plans, run_protocol, write_protocol
+from agents import candidate_schedules, format_protocol, menu_plans, merge_costs, run_protocol, write_protocol
 
 
-def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path, env) -> list[dict]:
+def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path, env, prior: tuple) -> list[dict]:
     names = dict.fromkeys((*workflow.PROTOCOL_CONTROLLERS, *cfg.controllers))
     plans = menu_plans(env)
     controllers = workflow.build_controllers(list(names), cfg.env, spaces)
@@ -40,8 +45,11 @@ def protocol(cfg: CompareConfig, spaces: workflow.Spaces, out: Path, env) -> lis
     result = run_protocol(
         env, candidates, controllers, cfg.selection_seeds, cfg.eval_seeds,
         oracle=cfg.oracle, branch_cache=cfg.protocol_branch_cache, show_progress=cfg.env.backend.progress,
+        prior=prior[0], reuse_names=[n for n in names if not n.endswith((".zip", ".json"))],
     )
-    write_protocol(out, result, task=env.distiller.spec.name)
+    if cfg.reuse is not None:
+        result.costs = merge_costs(prior[1], result.costs)
+    write_protocol(out, result, task=env.distiller.spec.name, reused_from=cfg.reuse)
     print(f"\n{format_protocol(result)}")
     print(f"\nwrote {out}/: protocol.csv selection.csv protocol.json protocol.png selection.jsonl evaluation.jsonl")
     return result.rows
@@ -53,11 +61,12 @@ def main(cfg: CompareConfig) -> list[dict]:
     controllers = workflow.build_controllers(cfg.controllers, cfg.env, spaces)  # all checked before any work
     out = Path(cfg.out)
     check_folder(out, overwrite=cfg.overwrite)  # refused before any work, written only once all is built
+    prior = workflow.read_protocol_run(cfg.reuse, cfg) if cfg.reuse is not None else ((), {})  # before out is claimed
     env = workflow.build_env(cfg.env, spaces)
     claim_folder(out, overwrite=cfg.overwrite)
     workflow.save_config(out / workflow.CONFIG_FILE, cfg)
     if cfg.protocol:
-        return protocol(cfg, spaces, out, env)
+        return protocol(cfg, spaces, out, env, prior)
     records = workflow.evaluate(env, controllers, cfg.eval_seeds, cfg.env.backend.progress)
     title = f"{env.distiller.spec.name}: {len(controllers)} controllers x {len(cfg.eval_seeds)} seeds"
     rows = workflow.write_comparison(out, records, title=title)

@@ -317,6 +317,11 @@ class CompareConfig:
     (an upper bound, not a fair reference); ``--no-oracle`` runs only the reference and best static."""
     protocol_branch_cache: int = 64
     """``--protocol``: epoch states kept so schedules sharing a prefix train it once (0 = off)."""
+    reuse: str | None = None
+    """``--protocol``: an earlier protocol folder of the same env config whose episodes stand in for
+    running them again: candidates (matched by their plans) and built-in controllers it holds on every
+    seed are read from it, so adding a policy, or the oracle, to a finished protocol runs only what is
+    new. Policy and schedule files always run again."""
 
     @property
     def eval_seeds(self) -> tuple[int, ...]:
@@ -336,6 +341,8 @@ class CompareConfig:
             raise ConfigError("CompareConfig.controllers is empty; name at least one controller")
         _positive(owner, "threads", self.threads, allow_none=True)
         _positive(owner, "protocol_branch_cache", self.protocol_branch_cache, minimum=0)
+        if self.reuse is not None and not self.protocol:
+            raise ConfigError(f"{owner}.reuse={self.reuse!r} reuses an earlier protocol's episodes; add --protocol")
         if self.protocol:
             object.__setattr__(self, "selection_seeds", _seeds(owner, "selection_seeds", self.selection_seeds))
             if len(seeds) < 5:
@@ -449,6 +456,48 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C); nothing after this point was written", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+REUSE_IGNORED = ("backend.progress", "backend.cache_dir")
+"""Env settings that do not change an episode's result (``--reuse`` ignores them)."""
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any], dict[str, Any]]:
+    """The episodes and phase costs of an earlier ``compare.py --protocol`` folder, for ``--reuse``.
+
+    :raises ConfigError: a folder that is not a protocol run, or one run with other env settings
+        (naming each setting that differs), whose episodes would mean something else.
+    """
+    from agents.protocol import read_records
+
+    folder = Path(folder)
+    if not (folder / "protocol.json").is_file():
+        raise ConfigError(f"--reuse {folder}: no protocol.json there; name a folder written by compare.py --protocol")
+    before = load_config_file(CompareConfig, folder / CONFIG_FILE)
+    old, new = _flat(config_dict(before.env)), _flat(config_dict(cfg.env))
+    differ = sorted(k for k in set(old) | set(new) if k not in REUSE_IGNORED and old.get(k) != new.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:6])
+        raise ConfigError(
+            f"--reuse {folder}: its episodes were run with other env settings ({shown}); pass --config "
+            f"{folder / CONFIG_FILE} to run with its settings, or drop --reuse"
+        )
+    try:
+        costs = json.loads((folder / "protocol.json").read_text())["costs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"--reuse {folder}: protocol.json is unreadable ({e}); drop --reuse") from e
+    records = read_records(folder / "selection.jsonl") + read_records(folder / "evaluation.jsonl")
+    return records, costs
 
 
 def save_config(path: str | Path, config: Any) -> None:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import EpisodeRecord, RandomController, candidate_schedules, dev_sealed, menu_plans, run_protocol
+from agents import (
+    EpisodeRecord, RandomController, ScheduleController, candidate_schedules, dev_sealed, menu_plans, merge_costs,
+    run_protocol,
+)
 from agents.protocol import (
     ORACLE_ROLE, DevReadDuringSelection, mean_se, paired_difference, pick_oracle, pick_reference, report_rows,
     selection_table,
@@ -152,6 +155,35 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     assert sel["cpu_seconds"] > 0
 
 
+def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
+    plans = menu_plans(env)
+    cands = candidate_schedules(plans, env.steps_per_episode, first_plans=["kd-t1"], rest_plans=["frac-0.3"])
+    first = run_protocol(env, cands, {"random": RandomController(env.action_space, seed=0)}, [1, 2], [3, 4],
+                         oracle=False)
+    prior = [*first.selection_records, *first.eval_records]
+    # a record whose plans differ from its candidate's (another run's "kd-t0") must not stand in for it
+    tampered = next(r for r in prior if r.controller == "kd-t0" and r.seed == 1)
+    tampered.steps[0].plan = {**tampered.steps[0].plan, "kd_weight": 0.5}
+    new = ScheduleController([plans["kd-t1"], plans["frac-0.3"]], name="new-schedule")
+    second = run_protocol(
+        env, cands, {"random": RandomController(env.action_space, seed=0), "new-schedule": new}, [1, 2], [3, 4],
+        oracle=True, prior=prior, reuse_names=["random"],
+    )
+    sel = second.costs["selection"]
+    assert (sel["episodes"], sel["episodes_reused"]) == (2, 2 * len(cands) - 2)  # kd-t0 reran on both seeds
+    assert second.reference == first.reference and second.best_static == first.best_static
+    chosen = {first.reference, first.best_static}
+    assert second.costs["candidates_eval"]["episodes"] == 2 * (len(cands) - len(chosen))  # only the oracle's new runs
+    assert second.costs["controllers_eval"]["episodes"] == 2  # random reused, the new schedule run
+    old = {(r.controller, r.seed): r.final_dev_score for r in first.eval_records}
+    for r in second.eval_records:
+        if (r.controller, r.seed) in old:
+            assert r.final_dev_score == old[r.controller, r.seed]
+    # what reusing records is worth: the merged costs count the earlier run's episodes
+    merged = merge_costs(first.costs, second.costs)
+    assert merged["selection"]["episodes"] == 2 * len(cands) + 2
+
+
 def test_protocol_refuses_overlapping_seeds(env):
     cands = candidate_schedules(menu_plans(env), env.steps_per_episode, first_plans=[], rest_plans=[])
     with pytest.raises(ConfigError, match="both selection and evaluation"):
@@ -188,6 +220,20 @@ def test_compare_protocol_script(config, tmp_path):
     i = cmd.index("--seeds")
     bad = subprocess.run(cmd[: i + 1] + ["3", "4"] + cmd[i + 6 :], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "at least 5" in " ".join(bad.stderr.replace("│", " ").split())
+
+    # --reuse: a second run adds nothing new, so it runs no episode and reports the first run's costs
+    again = [*cmd[: cmd.index("--out")], "--reuse", str(out), "--out", str(tmp_path / "again")]
+    proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report2 = json.loads((tmp_path / "again" / "protocol.json").read_text())
+    assert report2["reference"] == report["reference"] and report2["reused_from"] == str(out)
+    assert report2["costs"]["selection"]["episodes"] == 4 and report2["costs"]["selection"]["episodes_reused"] == 4
+    assert report2["costs"]["controllers_eval"]["episodes_reused"] == report2["costs"]["controllers_eval"]["episodes"]
+    assert [r["dev_score"] for r in report2["rows"]] == [r["dev_score"] for r in report["rows"]]
+    # episodes of other settings would mean something else: refused, naming the setting
+    other = [*again[:-1], str(tmp_path / "other"), "--lr", "0.5"]
+    proc = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "backend.lr" in proc.stderr and not (tmp_path / "other").exists()
 
 
 def test_protocol_flag_alone_gets_five_eval_seeds():
