@@ -165,10 +165,16 @@ def save_outputs(path: Path, outputs: TeacherOutputs, metadata: dict[str, str]) 
             os.unlink(tmp)
 
 
-def load_outputs(path: Path, expected_rows: int) -> TeacherOutputs:
+def load_outputs(
+    path: Path, expected_rows: int, key: str | None = None, shapes: dict[str, tuple[int, ...] | None] | None = None
+) -> TeacherOutputs:
     """Read and verify a cache file.
 
-    :raises CacheError: when the file is truncated, corrupted or has the wrong number of rows.
+    :param key: the key the file must have been written for (its metadata records it): a valid file
+        of another teacher or split copied under this name is refused.
+    :param shapes: the shapes the run needs, by tensor (``logits``, ``hidden``; None = must be absent).
+    :raises CacheError: when the file is truncated, corrupted, written for another key or of
+        another shape than the run needs.
     """
     try:
         tensors = load_file(str(path))
@@ -178,10 +184,19 @@ def load_outputs(path: Path, expected_rows: int) -> TeacherOutputs:
         raise CacheError(f"teacher cache file {path} is unreadable ({err}); it will be rebuilt") from err
     if "logits" not in tensors or meta.get("checksum") != _checksum(tensors):
         raise CacheError(f"teacher cache file {path} fails its checksum (corrupted); it will be rebuilt")
+    if key is not None and meta.get("key") != key:
+        raise CacheError(
+            f"teacher cache file {path} was written for key {meta.get('key')!r}, not for {key!r} (a copied or "
+            "older-format file); it will be rebuilt"
+        )
     if tensors["logits"].shape[0] != expected_rows:
         raise CacheError(
             f"teacher cache file {path} has {tensors['logits'].shape[0]} rows, expected {expected_rows}"
         )
+    for name, shape in (shapes or {}).items():
+        got = tuple(tensors[name].shape) if name in tensors else None
+        if got != (None if shape is None else tuple(shape)):
+            raise CacheError(f"teacher cache file {path} holds {name} of shape {got}, the run needs {shape}; it will be rebuilt")
     return TeacherOutputs(tensors["logits"], tensors.get("hidden"))
 
 
@@ -191,8 +206,10 @@ def load_or_build(
     build: Callable[[], TeacherOutputs],
     expected_rows: int,
     metadata: dict[str, str],
+    shapes: dict[str, tuple[int, ...] | None] | None = None,
 ) -> tuple[TeacherOutputs, bool]:
-    """Return cached outputs for ``key``, building (and writing) them when absent or corrupt.
+    """Return cached outputs for ``key``, building (and writing) them when absent, corrupt, written
+    for another key or of another shape than ``shapes`` (see :func:`load_outputs`).
 
     :param build: zero-argument function that computes the outputs.
     :return: (outputs, built) — ``built`` is True when the teacher had to run.
@@ -205,10 +222,10 @@ def load_or_build(
             stale.unlink(missing_ok=True)
         if path.exists():
             try:
-                return load_outputs(path, expected_rows), False
+                return load_outputs(path, expected_rows, key, shapes), False
             except CacheError as err:
                 logger.warning("%s", err)
         outputs = build()
-        save_outputs(path, outputs, metadata)
+        save_outputs(path, outputs, {**metadata, "key": key})
     return outputs, True
 

@@ -296,7 +296,9 @@ class Distiller:
             )
             meta = {"teacher": teacher.name, "split": split, "task": self.spec.name}
             folder = Path(self.config.cache_dir) / "teachers"
-            out, _ = load_or_build(folder, key, build, len(enc), meta)
+            width = hidden_size(teacher.model)
+            shapes = {"logits": (len(enc), self.spec.num_labels), "hidden": (len(enc), len(layers), width) if layers else None}
+            out, _ = load_or_build(folder, key, build, len(enc), meta, shapes)
             self.cache_paths[(k, split)] = folder / f"{key}.safetensors"
         else:
             out = build()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -61,3 +62,44 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+INTEGRITY_FILE = "dynakd_integrity.json"
+"""The checksum record DynaKD writes into a folder it exported and will load again (a cached teacher)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_digests(folder: str | Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative POSIX paths), the integrity record excepted."""
+    root = Path(folder)
+    return {
+        p.relative_to(root).as_posix(): _sha256(p)
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name != INTEGRITY_FILE
+    }
+
+
+def write_integrity(folder: str | Path) -> Path:
+    """Record the checksums of ``folder``'s files in ``folder/dynakd_integrity.json`` (atomically)."""
+    return atomic_write_json(Path(folder) / INTEGRITY_FILE, {"format": 1, "files": folder_digests(folder)})
+
+
+def check_integrity(folder: str | Path) -> list[str] | None:
+    """What differs from ``folder``'s integrity record: changed, missing and added files, as
+    ``"changed: model.safetensors"``; an empty list when nothing does; None when the folder has no
+    (readable) record."""
+    try:
+        record = json.loads((Path(folder) / INTEGRITY_FILE).read_text())["files"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    now = folder_digests(folder)
+    problems = [f"changed: {n}" for n in record if n in now and now[n] != record[n]]
+    problems += [f"missing: {n}" for n in record if n not in now]
+    problems += [f"added: {n}" for n in now if n not in record]
+    return problems

@@ -35,7 +35,7 @@ from torch import nn
 from kd_backend.data import TaskData, load_task
 from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.errors import ConfigError
-from kd_backend.io import atomic_write_json
+from kd_backend.io import atomic_write_json, check_integrity, write_integrity
 from kd_backend.locking import FolderLock
 from kd_backend.metrics import constant_score
 from kd_backend.models import PRESETS, build_model, init_student_from_teacher, load_encoder, load_model
@@ -276,6 +276,8 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
     out = Path(cfg.cache_dir) / "models" / f"{source}-{key}"
     # A second process that needs the same teacher waits for the first to fine-tune it, then loads it.
     with FolderLock(out.parent / f"{out.name}.lock", wait=True):
+        if out.exists():
+            _check_cached_teacher(out)
         if not (out / "config.json").exists():
             logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
             train_config = DistillerConfig(
@@ -286,8 +288,27 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
             )
             factory = pretrained_factory(source, task)[0] if weights else preset_factory(source, task, tokenizer)
             fine_tune(task, factory, tokenizer, train_config, out)
+            write_integrity(out)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
+
+
+def _check_cached_teacher(folder: Path) -> None:
+    """Verify a cached fine-tuned teacher against its checksum record; remove it (so it is fine-tuned
+    again) when a file changed, went missing or was added. A folder cached by an older DynaKD has no
+    record: its checksums are recorded now, and checked from then on."""
+    problems = check_integrity(folder)
+    if problems is None:
+        if (folder / "config.json").exists():
+            write_integrity(folder)
+            logger.info("recorded the checksums of cached teacher %s (cached before DynaKD checked them)", folder)
+        return
+    if problems:
+        logger.warning(
+            "cached teacher %s fails its integrity check (%s): it is removed and fine-tuned again",
+            folder, ", ".join(problems[:4]) + (", ..." if len(problems) > 4 else ""),
+        )
+        shutil.rmtree(folder)
 
 
 def fine_tune(

@@ -434,3 +434,65 @@ def test_cache_entries_are_built_once_and_stale_temp_files_removed(tmp_path):
     assert builds == [1] and result["out"][1] is True and not stale.exists()
     outputs, built = load_or_build(tmp_path, "k1", build, 4, {})
     assert built is False and builds == [1] and torch.equal(outputs.logits, torch.ones(4, 2))  # reused
+
+
+def test_a_teacher_output_file_is_tied_to_its_key_and_the_runs_shapes(tmp_path, caplog):
+    import shutil
+
+    from kd_backend.cache import TeacherOutputs, load_or_build
+
+    made = []
+
+    def build(cols=2):
+        made.append(cols)
+        return TeacherOutputs(torch.full((4, cols), float(len(made))), None)
+
+    load_or_build(tmp_path, "teacher-a", build, 4, {})
+    load_or_build(tmp_path, "teacher-b", build, 4, {})
+    # a valid file of another teacher copied under this key: refused by its recorded key, rebuilt
+    shutil.copy(tmp_path / "teacher-a.safetensors", tmp_path / "teacher-b.safetensors")
+    with caplog.at_level("WARNING"):
+        out, built = load_or_build(tmp_path, "teacher-b", build, 4, {})
+    assert built and "written for key 'teacher-a'" in caplog.text and torch.equal(out.logits, torch.full((4, 2), 3.0))
+    # a file of the right key but not the shape the run needs (another head, hidden states missing)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, built = load_or_build(tmp_path, "teacher-b", lambda: build(3), 4, {}, shapes={"logits": (4, 3)})
+    assert built and "the run needs (4, 3)" in caplog.text
+    _, built = load_or_build(tmp_path, "teacher-b", lambda: build(3), 4, {}, shapes={"logits": (4, 3)})
+    assert not built
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, built = load_or_build(tmp_path, "teacher-b", lambda: build(3), 4, {}, shapes={"logits": (4, 3), "hidden": (4, 1, 8)})
+    assert built and "holds hidden of shape None" in caplog.text
+
+
+def test_a_cached_teacher_that_changed_on_disk_is_fine_tuned_again(tmp_path, caplog):
+    from envs import tiny_backend
+    from kd_backend.io import INTEGRITY_FILE, check_integrity
+    from kd_backend.pipeline import load_task_data, load_teacher
+
+    cfg = tiny_backend(cache_dir=str(tmp_path))
+    task = load_task_data(cfg)
+    name = cfg.teachers[0]
+    teacher = load_teacher(name, cfg, task)
+    (folder,) = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
+    assert check_integrity(folder) == [] and (folder / INTEGRITY_FILE).exists()
+    weights = folder / "model.safetensors"
+    before = torch.cat([p.detach().flatten() for p in teacher.model.parameters()])
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # a flipped byte in the last weight: the file still loads, with other outputs
+    weights.write_bytes(bytes(data))
+    assert check_integrity(folder) == ["changed: model.safetensors"]
+    with caplog.at_level("INFO"):
+        again = load_teacher(name, cfg, task)
+    assert "fails its integrity check (changed: model.safetensors)" in caplog.text
+    assert "fine-tuning teacher" in caplog.text and check_integrity(folder) == []
+    after = torch.cat([p.detach().flatten() for p in again.model.parameters()])
+    assert torch.equal(before, after)  # the same seeded recipe, fine-tuned again: the original teacher
+    # a folder cached by an older DynaKD (no record) gets one on first use, and is checked from then on
+    (folder / INTEGRITY_FILE).unlink()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        load_teacher(name, cfg, task)
+    assert "recorded the checksums" in caplog.text and check_integrity(folder) == []
