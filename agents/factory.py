@@ -16,6 +16,7 @@ without being told, and without unpickling anything from the file (see :mod:`age
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.storage import (
-    META_KEY, dynakd_record, read_policy, restore_counters, restore_variables, space_from_description, spaces_equal,
+    META_KEY, dynakd_record, meaning_mismatch, read_policy, restore_counters, restore_variables, space_from_description,
+    spaces_equal,
 )
 from kd_backend.errors import ConfigError
 
@@ -100,6 +102,7 @@ def make_agent(
     episode_length: int | None = None,
     device: str = "cpu",
     verbose: int = 0,
+    meaning: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> BaseAlgorithm:
     """A PPO, A2C, DQN or SAC learner for ``env`` with DynaKD's defaults.
@@ -111,6 +114,8 @@ def make_agent(
     :param episode_length: decisions per episode; None = read ``steps_per_episode`` from the env.
     :param device: torch device of the policy (a 64x64 MLP runs best on CPU).
     :param verbose: SB3 verbosity.
+    :param meaning: what the env's actions and observations stand for (menu names, feature names:
+        ``workflow.Spaces.meaning``), saved with the policy and checked by :func:`load_agent`.
     :param overrides: any constructor argument of the algorithm, replacing the default.
     :raises ConfigError: unknown algorithm, or one that cannot act in the env's action space.
     """
@@ -124,11 +129,14 @@ def make_agent(
     )
     agent.dynakd_algo = name  # saved with the policy, read back by load_agent
     # Plain JSON in the saved zip's data: what load_agent rebuilds the learner from (no pickle).
-    setattr(agent, META_KEY, dynakd_record(name, params, seed, agent.observation_space, agent.action_space))
+    setattr(agent, META_KEY, dynakd_record(name, params, seed, agent.observation_space, agent.action_space, meaning))
     return agent
 
 
-def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None, device: str = "cpu") -> BaseAlgorithm:
+def load_agent(
+    path: str | Path, env: gym.Env | VecEnv, algo: str | None = None, device: str = "cpu",
+    meaning: Mapping[str, Any] | None = None,
+) -> BaseAlgorithm:
     """Load a learner saved by DynaKD for ``env``, checking first that its spaces match the env's.
 
     Nothing is unpickled: the learner is rebuilt by :func:`make_agent` from the plain-JSON record
@@ -139,7 +147,10 @@ def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None,
     :param env: the env to act in.
     :param algo: the algorithm's name; None = the one saved by :func:`make_agent`.
     :param device: torch device of the policy.
-    :raises ConfigError: missing or foreign file, unknown algorithm, or observation/action spaces that differ.
+    :param meaning: what the env's actions and observations stand for; refused when the policy was
+        learned where they stood for something else (a reordered menu, other bins), even with equal spaces.
+    :raises ConfigError: missing or foreign file, unknown algorithm, observation/action spaces or
+        meanings that differ.
     """
     path = Path(path)
     if not path.exists() and path.with_suffix(".zip").exists():
@@ -159,6 +170,14 @@ def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None,
             f"policy {path} was trained with {'; and with '.join(mismatches)}; use the env config the policy "
             "was learned with (teachers, action_space, menu, bins)"
         )
+    saved_meaning = meta.get("meaning")
+    if meaning is not None and isinstance(saved_meaning, Mapping):
+        differs = meaning_mismatch(saved_meaning, meaning)
+        if differs:
+            raise ConfigError(
+                f"policy {path} was learned where its actions and observations meant other things: {differs}; "
+                "use the env config it was learned with (its run's config.yaml: menu, action_space, bins, teachers)"
+            )
     saved_algo = meta.get("algo")
     if saved_algo and algo and algo.lower() != saved_algo:
         raise ConfigError(f"policy {path} was trained with {saved_algo!r}, not {algo!r}")
@@ -172,7 +191,8 @@ def load_agent(path: str | Path, env: gym.Env | VecEnv, algo: str | None = None,
             "were not saved (they could only be pickled); pass constants to make_agent"
         )
     try:
-        agent = make_agent(name, env, seed=int(meta.get("seed", 0)), episode_length=1, device=device, **hyperparameters)
+        agent = make_agent(name, env, seed=int(meta.get("seed", 0)), episode_length=1, device=device,
+                           meaning=meaning if meaning is not None else saved_meaning, **hyperparameters)
         agent.set_parameters(params, exact_match=True, device=device)
     except (TypeError, ValueError, RuntimeError, KeyError) as err:
         raise ConfigError(f"policy {path} does not rebuild as a {name.upper()} learner for this env: {err}") from err

@@ -28,6 +28,7 @@ import json
 import pickle
 import random
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +98,39 @@ def _jsonable(value: Any) -> bool:
 
 
 def dynakd_record(algo: str, hyperparameters: dict[str, Any], seed: int, observation_space: spaces.Space,
-                  action_space: spaces.Space) -> dict[str, Any]:
+                  action_space: spaces.Space, meaning: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The plain-JSON record saved with a learner: everything :func:`agents.load_agent` needs to rebuild it.
 
     Hyper-parameters that are not plain JSON (a callable schedule, ...) could only be saved as
     pickles: they are listed under ``unsaved`` and loading such a learner is refused by name.
+    ``meaning`` says what the spaces stand for (see :func:`meaning_mismatch`).
     """
     plain = {k: json.loads(json.dumps(v)) for k, v in hyperparameters.items() if _jsonable(v)}
-    return {"format": 1, "algo": algo, "hyperparameters": plain, "seed": int(seed),
-            "unsaved": sorted(set(hyperparameters) - set(plain)),
-            "observation_space": describe_space(observation_space), "action_space": describe_space(action_space)}
+    record = {"format": 1, "algo": algo, "hyperparameters": plain, "seed": int(seed),
+              "unsaved": sorted(set(hyperparameters) - set(plain)),
+              "observation_space": describe_space(observation_space), "action_space": describe_space(action_space)}
+    if meaning is not None:
+        record["meaning"] = json.loads(json.dumps(meaning))
+    return record
+
+
+def meaning_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """How what a policy's actions and observations stand for differs from the env's, or None.
+
+    Both are mappings like ``{"actions": [label per action or component], "observations": [name per
+    feature], ...}`` (``workflow.Spaces.meaning``): two envs whose spaces have the same shape can
+    still mean different things (a reordered menu, other bins), and a policy acting on the wrong
+    meaning runs without error and gives wrong results. Keys only one side has are not compared.
+    """
+    for key in sorted(set(saved) & set(current)):
+        a, b = saved[key], current[key]
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+            return f"{key} {i} means {a[i]!r} for the policy but {b[i]!r} here (the policy's {key}: {a})"
+        return f"{key} is {a!r} for the policy but {b!r} here"
+    return None
 
 
 def read_policy(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

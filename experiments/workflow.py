@@ -47,7 +47,7 @@ from agents import (
 from agents.callbacks import EPISODES_FILE, read_episodes
 from agents.storage import load_replay_buffer, load_rng_state
 from agents.vec_env import VEC_ENVS, SeededEpisodes, VecEnvKind, make_vec_env  # noqa: F401 (SeededEpisodes: re-exported)
-from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_space
+from envs import DistillationEnv, EnvConfig, make_codec, named_plans, observation_names, observation_space
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, DynaKDError, UnknownTaskError
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
@@ -534,6 +534,10 @@ class Spaces:
     action: gym.spaces.Space
     num_teachers: int
     regression: bool
+    meaning: dict[str, Any] = field(default_factory=dict)
+    """What the actions and observations stand for (saved with a learned policy and checked when it
+    is loaded): the action labels (menu names, or the components of a multidiscrete/box action),
+    the observation features, and the action bins."""
 
 
 def expected_spaces(config: EnvConfig) -> Spaces:
@@ -550,7 +554,21 @@ def expected_spaces(config: EnvConfig) -> Spaces:
         regression = load_task_data(backend).spec.is_regression
     num_teachers = len(backend.teachers)
     codec = make_codec(config, num_teachers, regression)
-    return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression)
+    return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression,
+                  env_meaning(config, num_teachers, regression))
+
+
+def env_meaning(config: EnvConfig, num_teachers: int, regression: bool) -> dict[str, Any]:
+    """What an env's actions and observations stand for (:attr:`Spaces.meaning`)."""
+    codec = make_codec(config, num_teachers, regression)
+    meaning: dict[str, Any] = {
+        "action_space": config.action_space, "actions": list(codec.labels),
+        "observations": list(observation_names(num_teachers, codec.dim, codec.labels)),
+    }
+    if config.action_space != "discrete":
+        meaning["bins"] = {"fraction_bins": list(config.fraction_bins), "weight_bins": list(config.weight_bins),
+                           "r_min": config.r_min}
+    return meaning
 
 
 def check_algorithm(algo: str, spaces: Spaces) -> None:
@@ -630,7 +648,7 @@ def load_schedule(path: str | Path, config: EnvConfig, spaces: Spaces, name: str
 
 def load_policy(path: str | Path, spaces: Spaces, name: str | None = None) -> BaseAlgorithm:
     """A learned policy, checked against the env's spaces before any work (see ``agents.load_agent``)."""
-    agent = load_agent(path, SpacesOnlyEnv(spaces))
+    agent = load_agent(path, SpacesOnlyEnv(spaces), meaning=spaces.meaning)
     agent.name = name or _label(Path(path))
     return agent
 
@@ -812,13 +830,14 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
         kept = truncate_episodes(run_dir / EPISODES_FILE, done)
         logger.info("resuming %s after %d finished episodes (%d lines of episodes.jsonl kept)", run_dir, done, kept)
     train_env = make_train_env(config, env, config.env.backend.seed + done, run_dir)
+    meaning = env_meaning(config.env, env.distiller.num_teachers, env.distiller.spec.is_regression)
     if checkpoint is None:
         overrides = agent_overrides(config, env.steps_per_episode)
         agent = make_agent(config.algo, train_env, tensorboard_log=run_dir / "tensorboard", seed=config.agent_seed,
-                           **overrides)
+                           meaning=meaning, **overrides)
         return agent, 0
     folder = run_dir / "checkpoints"
-    agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo)
+    agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo, meaning=meaning)
     agent.tensorboard_log = str(run_dir / "tensorboard")
     if checkpoint.get("replay_buffer") and getattr(agent, "replay_buffer", None) is not None:
         load_replay_buffer(agent.replay_buffer, folder / checkpoint["replay_buffer"])

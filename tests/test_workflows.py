@@ -232,6 +232,10 @@ def test_mismatched_policy_is_refused_before_any_work(learned, tmp_path):
         replay_schedule.main(parse(ReplayConfig, *base, "--menu", "kd-t0", "kd-t1"))
     with pytest.raises(ConfigError, match="observation space"):
         replay_schedule.main(parse(ReplayConfig, *base, "--teachers", "tiny-2x128"))
+    # the same spaces with another meaning: a reordered menu would replay other plans without error
+    menu = workflow.expected_spaces(workflow.load_config_file(LearnConfig, learned / "config.yaml").env).meaning["actions"]
+    with pytest.raises(ConfigError, match=rf"actions 0 means '{menu[0]}' for the policy but '{menu[-1]}' here"):
+        replay_schedule.main(parse(ReplayConfig, *base, "--menu", *reversed(menu)))
     with pytest.raises(ConfigError, match="does not exist"):
         replay_schedule.main(parse(ReplayConfig, "--policy", tmp_path / "missing.zip"))
     with pytest.raises(ConfigError, match="exactly one of --policy"):
