@@ -553,6 +553,75 @@ def _subset(split: TextSplit, limit: int | None, rng: np.random.Generator) -> Te
     return split.select(np.sort(rng.choice(len(split), size=limit, replace=False)))
 
 
+MOJIBAKE = ("\ufffd", "Ã©", "Ã¨", "Ã¤", "Ã¶", "Ã¼", "Ã±", "â€™", "â€œ", "â€", "Â ")
+"""Signs of text decoded in the wrong encoding: the replacement character, and UTF-8 read as Latin-1."""
+
+
+def check_task_data(data: TaskData, source: str, custom: bool = True) -> list[str]:
+    """Refuse data that parses but is not what the user thinks it is; return warnings for data that
+    is probably wrong (each naming the split, the column and an example).
+
+    Refused (custom files only, where the user named the columns): a label column that looks like
+    free text (more distinct values than half its rows, and over 50), and a text column that looks
+    like labels (at most 10 distinct values over 100 rows or more). Warned: texts with a
+    replacement character or mojibake in 0.5% of the rows or more (a file not read in its encoding), empty texts, a class that
+    dev holds but train does not, and dev sentences that also appear in train (a leak).
+
+    :param source: the file or task the data came from, for messages.
+    :param custom: whether the columns were named by the user (a custom file).
+    :raises DataError: for a label or text column that is evidently the wrong column.
+    """
+    spec, warnings = data.spec, []
+    columns = list(spec.text_columns) + [""] * 2
+    if custom and not spec.is_regression:
+        labels = data.train.labels[data.train.labelled]
+        n, k = len(labels), spec.num_labels
+        if k > 50 and k > n / 2:
+            raise DataError(
+                f"{source}: label column {spec.label_column!r} holds {k} distinct values among {n} rows, so it looks "
+                f"like a text column, not labels (e.g. {spec.label_names[0]!r}); name the label column with "
+                "--label-column (label_column in a config file)"
+            )
+    for split_name in ("train", "ctrl", "dev"):
+        split = data.split(split_name)
+        for column, texts in zip(columns, (split.text_a, split.text_b)):
+            if texts is None or not texts:
+                continue
+            if custom and split_name == "train" and len(texts) >= 100 and len(set(texts)) <= 10:
+                raise DataError(
+                    f"{source}: text column {column!r} holds only {len(set(texts))} distinct values among "
+                    f"{len(texts)} rows ({sorted(set(texts))[:5]}), so it looks like a label column, not text; "
+                    "name the text column(s) with --text-columns (text_columns in a config file)"
+                )
+            broken = [i for i, t in enumerate(texts) if any(m in t for m in MOJIBAKE)]
+            if len(broken) >= max(3, 0.005 * len(texts)):  # a stray row is in official files too (STS-B has one)
+                warnings.append(
+                    f"{source}: {len(broken)} of {len(texts)} {split_name} rows of column {column!r} hold a "
+                    f"replacement character or mojibake (e.g. row {broken[0]}: {texts[broken[0]][:80]!r}): the file "
+                    "was probably not written or read as UTF-8; re-save it as UTF-8"
+                )
+            empty = sum(1 for t in texts if not t.strip())
+            if empty:
+                warnings.append(f"{source}: {empty} of {len(texts)} {split_name} rows have an empty {column!r} text")
+    if not spec.is_regression and spec.label_names:
+        seen = set(np.unique(data.train.labels[data.train.labelled]).tolist())
+        missing = sorted(set(np.unique(data.dev.labels).tolist()) - seen)
+        if missing:
+            warnings.append(
+                f"{source}: dev holds class(es) {[spec.label_names[i] for i in missing]} that no training row has; "
+                "the student cannot learn them (check the label column and the dev file)"
+            )
+    pairs = (lambda sp: set(zip(sp.text_a, sp.text_b or [""] * len(sp.text_a))))
+    dev_pairs = pairs(data.dev)
+    leaked = len(dev_pairs & pairs(data.train)) if dev_pairs else 0
+    if dev_pairs and leaked > max(1, 0.05 * len(dev_pairs)):
+        warnings.append(
+            f"{source}: {leaked} of {len(dev_pairs)} distinct dev texts also appear in train ({100 * leaked / len(dev_pairs):.0f}%): "
+            "dev scores will be optimistic; remove the overlap, or pass a dev file that does not share rows with train"
+        )
+    return warnings
+
+
 CTRL_RULES = ("dev-length", "random")
 """How the ``ctrl`` split is drawn from the training data (see :func:`select_ctrl`)."""
 CTRL_LENGTH_BINS = 10
@@ -736,6 +805,8 @@ def load_task(
         train = train.concat(pool.unlabelled())
     dev = _subset(dev, dev_limit, np.random.default_rng([seed, 3]))
     data = TaskData(spec=spec, train=train, ctrl=ctrl, dev=dev)
+    for warning in check_task_data(data, source=str(train_file or name), custom=is_custom):
+        logger.warning("%s", warning)
     logger.info("loaded %s: %d train (%d unlabelled), %d ctrl, %d dev", spec.name, len(train),
                 int((~train.labelled).sum()), len(ctrl), len(dev))
     return data

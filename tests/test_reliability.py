@@ -496,3 +496,47 @@ def test_a_cached_teacher_that_changed_on_disk_is_fine_tuned_again(tmp_path, cap
     with caplog.at_level("INFO"):
         load_teacher(name, cfg, task)
     assert "recorded the checksums" in caplog.text and check_integrity(folder) == []
+
+
+# ---------------------------------------------------------------------------------------------- data that parses wrongly
+def _write_tsv(path, rows, header=("label", "text")):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _sentences(n, offset=0):
+    words = ["good", "bad", "film", "plot", "actor", "scene", "music", "story", "dull", "fine"]
+    return [" ".join(words[(i * 7 + j * 3 + offset) % 10] for j in range(3 + i % 5)) + f" {i + offset}" for i in range(n)]
+
+
+def test_swapped_label_and_text_columns_are_refused_by_name(tmp_path):
+    from kd_backend.data import load_task
+    from kd_backend.errors import DataError
+
+    rows = [(i % 2, t) for i, t in enumerate(_sentences(300))]
+    path = _write_tsv(tmp_path / "data.tsv", rows)
+    with pytest.raises(DataError, match=r"label column 'text' holds \d+ distinct values among \d+ rows.*--label-column"):
+        load_task(str(path), label_column="text", text_columns=("label",))
+    with pytest.raises(DataError, match=r"text column 'label' holds only 2 distinct values.*--text-columns"):
+        load_task(str(path), text_columns=("label",), label_column="label")
+    assert len(load_task(str(path)).train) > 200  # the right columns load
+
+
+def test_mojibake_leaks_and_missing_classes_are_warned_about_by_name(tmp_path, caplog):
+    from kd_backend.data import load_task
+
+    texts = _sentences(300)
+    # a UTF-8 file whose accented words were decoded as Latin-1 somewhere upstream
+    rows = [(i % 2, t + (" cafÃ© rÃ©sumÃ©" if i % 10 == 0 else "")) for i, t in enumerate(texts)]
+    train = _write_tsv(tmp_path / "train.tsv", rows)
+    dev = _write_tsv(tmp_path / "dev.tsv", [(i % 3, t) for i, t in enumerate(texts[:40])])  # leaked, and class 2
+    with caplog.at_level("WARNING"):
+        load_task(str(train), dev_file=str(dev))
+    assert "replacement character or mojibake" in caplog.text and "re-save it as UTF-8" in caplog.text
+    assert "also appear in train" in caplog.text
+    assert "dev holds class(es) ['2'] that no training row has" in caplog.text
+    caplog.clear()
+    clean = _write_tsv(tmp_path / "clean.tsv", [(i % 2, t) for i, t in enumerate(texts)])
+    with caplog.at_level("WARNING"):
+        load_task(str(clean))
+    assert caplog.text == ""  # a clean file is not warned about
