@@ -7,7 +7,9 @@ Every field of the script's config dataclass is a flag (its docstring is the hel
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -108,14 +110,48 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cli(main: Callable[[T], Any], cls: type[T], description: str | None, required: tuple[str, ...] = ()) -> None:
-    """Entry point of a script: parse the config, run ``main``; a DynaKD error exits 2 with its message."""
-    setup_logging()
+EXIT_RUN_ERROR = 1
+"""Exit status of a script whose job failed with a DynaKD error or an OS error (bad data, a model that
+does not fit, an unwritable folder): the message names the cause and the fix. A bad flag or config
+value is refused while parsing, with status 2, before anything runs; Ctrl-C exits 130."""
+
+
+def os_error_message(err: OSError) -> str:
+    """An OS error as a message naming the file and what to do about it."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the folder is not writable (or the file not readable); fix its permissions or choose another --out / --runs-dir / --cache-dir"
+    elif err.errno == errno.ENOSPC:
+        fix = "the disk is full; free space or choose a folder on another disk"
+    elif err.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        fix = "a file stands where a folder is expected (or the reverse); choose another path"
+    else:
+        fix = f"set {TRACEBACK_ENV}=1 for the traceback"
+    return f"{err.strerror or err}{where}: {fix}"
+
+
+TRACEBACK_ENV = "DYNAKD_TRACEBACK"
+"""Set to 1 to get the traceback of an OS error instead of its one-line message."""
+
+
+def run_main(main: Callable[[T], Any], parse: Callable[[], T], interrupted: str = "") -> None:
+    """Every script's entry point: ``main(parse())``, with DynaKD's exit statuses (:data:`EXIT_RUN_ERROR`)."""
     try:
-        main(parse_args(cls, description or "", required=required))
+        main(parse())
     except DynaKDError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_RUN_ERROR)
+    except OSError as err:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        sys.exit(EXIT_RUN_ERROR)
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        print(f"\ninterrupted (Ctrl-C){interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def cli(main: Callable[[T], Any], cls: type[T], description: str | None, required: tuple[str, ...] = ()) -> None:
+    """Entry point of a script: parse the config, run ``main`` (see :func:`run_main`)."""
+    setup_logging()
+    run_main(main, lambda: parse_args(cls, description or "", required=required))

@@ -21,6 +21,7 @@ from common import cli, hide_fields
 
 import tyro
 from kd_backend.errors import ConfigError
+from kd_backend.locking import check_folder
 from kd_backend.pipeline import BackendConfig, build_student, fine_tune, load_task_data, teacher_recipe
 
 _KD_ONLY = (
@@ -51,6 +52,7 @@ def main(args: TrainArgs) -> list:
     if (args.preset is None) == (args.model is None):
         raise ConfigError("give exactly one of --preset NAME or --model DIR_OR_HUB_ID")
     source = args.preset or args.model
+    check_folder(args.out, overwrite=True)  # an unusable --out is refused before fine-tuning, not after
     auto_epochs, auto_lr = teacher_recipe("minilm-l6" if args.model else source, args.backend)
     cfg = replace(
         args.backend, teachers=(), student=source, student_init="fresh",

@@ -38,7 +38,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from common import overlay_config  # common puts the repo root on sys.path for the imports below
-from common import save_yaml, setup_logging
+from common import run_main, save_yaml, setup_logging
 
 from agents import (
     EpisodeLogger, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController,
@@ -442,20 +442,11 @@ def parse_config(cls: type[T], description: str | None, argv: Sequence[str] | No
 
 
 def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None:
-    """Run a workflow script: logging, flags → config, ``main(config)``.
-
-    A DynaKD error (bad input, a model that does not fit, ...) ends the script with its message
-    and exit status 1 instead of a traceback.
-    """
+    """Run a workflow script: logging, flags → config, ``main(config)``, with the exit statuses of
+    :func:`common.run_main` (1 and a message for a DynaKD or OS error, 2 for a bad flag, 130 for Ctrl-C)."""
     setup_logging()
     quiet_libraries()
-    try:
-        main(parse_config(cls, description))
-    except DynaKDError as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C); nothing after this point was written", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, lambda: parse_config(cls, description), interrupted="; nothing after this point was written")
 
 
 REUSE_IGNORED = ("backend.progress", "backend.cache_dir")

@@ -77,6 +77,11 @@ def check_folder(folder: str | Path, *, overwrite: bool = False, flag: str = "--
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{flag} {folder} is a file, not a folder; pass another {flag}")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {folder}: {existing} is a file, and a file stands where a folder is expected; pass another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder}: {existing} is not writable; fix its permissions or pass another {flag}")
     others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE) if folder.is_dir() else []
     if others and not overwrite:
         raise ConfigError(

@@ -317,7 +317,7 @@ def test_distill_and_replay_refuse_an_existing_out_unless_overwrite(small_run, t
     (out / "metrics.json").write_text("{}")
     cfg = small_run / "config.yaml"
     proc = run_script("distill.py", "--task", "synthetic", "--out", out)
-    assert proc.returncode == 2 and "already holds results (metrics.json); pass --overwrite" in proc.stderr
+    assert proc.returncode == 1 and "already holds results (metrics.json); pass --overwrite" in proc.stderr
     proc = run_script("replay_schedule.py", "--config", cfg, "--schedule", small_run / "best_schedule.json", "--out", out)
     assert proc.returncode == 1 and "already holds results (metrics.json); pass --overwrite" in proc.stderr
     assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "{}"
@@ -327,11 +327,29 @@ def test_distill_and_replay_refuse_an_existing_out_unless_overwrite(small_run, t
     assert json.loads((out / "metrics.json").read_text())["mode"] == "open loop" and (out / "config.yaml").exists()
 
 
+@pytest.mark.parametrize("script, flags", [
+    ("distill.py", ["--task", "synthetic", "--out", "{file}/out"]),
+    ("distill.py", ["--task", "synthetic", "--cache-dir", "{file}/cache", "--out", "{tmp}/out"]),
+    ("learn_policy.py", ["--runs-dir", "{file}/runs"]),
+    ("compare.py", ["--controllers", "kd-t0", "--out", "{file}/cmp"]),
+    ("train_teachers.py", ["--task", "synthetic", "--preset", "tiny-2x128", "--out", "{file}/teachers"]),
+])
+def test_an_unusable_output_or_cache_folder_is_a_message_not_a_traceback(script, flags, tmp_path):
+    """Every script, one exit status for the same class of error (1), the path named, the fix said."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [f.format(file=blocker, tmp=tmp_path) for f in flags]
+    proc = run_script(script, *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(blocker) in proc.stderr and "a file stands where a folder is expected" in proc.stderr
+    assert blocker.read_text() == "not a folder" and not (tmp_path / "out").exists()
+
+
 def test_distill_checks_its_inputs_before_writing(tmp_path):
     out = tmp_path / "out"
     proc = run_script("distill.py", "--task", "synthetic", "--teachers", tmp_path / "no-such-teacher",
                       "--cache-dir", tmp_path / "cache", "--out", out)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "no-such-teacher" in proc.stderr
     assert not out.exists()  # no config.yaml before the inputs were checked
 
