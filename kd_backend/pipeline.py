@@ -380,8 +380,48 @@ def build_student(cfg: BackendConfig, task: TaskData, teachers: list[Teacher] | 
     return frozen, tokenizer
 
 
+def check_model_sources(cfg: BackendConfig) -> None:
+    """Resolve every teacher and the student before any model is loaded or fine-tuned, so that a bad
+    later name does not cost the fine-tuning of the earlier teachers.
+
+    A preset is fine; an existing path must be a model folder (with ``config.json``); a name that is a
+    local path (starts with ``.``, ``/`` or ``~``, or whose first folder exists here) must exist; a
+    hub id must be in the local Hugging Face cache when the hub is offline (``HF_HUB_OFFLINE=1``).
+
+    :raises ConfigError: naming the model and the fix.
+    """
+    import os
+
+    for role, source in [*(("teacher", t) for t in cfg.teachers), ("student", cfg.student)]:
+        _check_source(source)
+        if source in PRESETS or source in PRETRAINED:
+            continue
+        path = Path(source).expanduser()
+        if path.exists():
+            if not (path.is_dir() and (path / "config.json").is_file()):
+                raise ConfigError(
+                    f"{role} {source!r} is not a model folder (no config.json in it); pass a folder written by "
+                    "train_teachers.py or save_pretrained, a preset, or a hub id"
+                )
+            continue
+        if source.startswith((".", "/", "~")) or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
+            raise ConfigError(
+                f"{role} folder {source!r} does not exist (resolved to {path.absolute()}); fine-tune it first "
+                "(experiments/train_teachers.py --out FOLDER) or name a preset"
+            )
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+                raise ConfigError(
+                    f"{role} {source!r} is neither a folder nor a preset, and as a hub id it is not in the local "
+                    "Hugging Face cache while the hub is offline (HF_HUB_OFFLINE=1); download it first or use a preset"
+                )
+
+
 def build_distiller(cfg: BackendConfig, task: TaskData | None = None) -> Distiller:
     """Load the task and the teachers (training preset teachers on first use) and build the distiller."""
+    check_model_sources(cfg)
     task = task or load_task_data(cfg)
     teachers = [load_teacher(src, cfg, task) for src in cfg.teachers]
     factory, tokenizer = build_student(cfg, task, teachers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import io
 import json
 import os
@@ -558,3 +559,21 @@ def test_mojibake_leaks_and_missing_classes_are_warned_about_by_name(tmp_path, c
     with caplog.at_level("WARNING"):
         load_task(str(clean))
     assert caplog.text == ""  # a clean file is not warned about
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{tmp}/teachers/missing", "teacher folder '{tmp}/teachers/missing' does not exist"),
+    ("{tmp}/not-a-model", "is not a model folder (no config.json in it)"),
+])
+def test_a_bad_later_teacher_is_refused_before_the_first_is_fine_tuned(bad, message, tmp_path):
+    from envs import tiny_backend
+    from kd_backend.pipeline import build_distiller
+
+    (tmp_path / "teachers").mkdir()
+    (tmp_path / "not-a-model").mkdir()
+    cache = tmp_path / "cache"
+    cfg = tiny_backend(cache_dir=str(cache))
+    cfg = dataclasses.replace(cfg, teachers=(cfg.teachers[0], bad.format(tmp=tmp_path)))
+    with pytest.raises(ConfigError, match=re.escape(message.format(tmp=tmp_path))):
+        build_distiller(cfg)
+    assert not (cache / "models").exists()  # the good first teacher was not fine-tuned for nothing
