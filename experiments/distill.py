@@ -5,7 +5,8 @@
         --epochs 3 --teacher-mode soft --fraction 0.1 --scope epoch --out runs/sst2-soft
 
 Writes ``OUT/metrics.json`` (per-epoch stats, ctrl and dev evaluations, final dev metrics),
-``OUT/student/`` (``save_pretrained`` export) and TensorBoard events in ``OUT/``.
+``OUT/student/`` (``save_pretrained`` export with the task's label names and a model card ``README.md``)
+and TensorBoard events in ``OUT/``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kd_backend.io import atomic_write_json
 from kd_backend.locking import check_folder, claim_folder
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
-from kd_backend.reporting import log_epoch_scalars
+from kd_backend.reporting import log_epoch_scalars, model_card
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,17 @@ def main(args: DistillArgs) -> dict:
             f"dev {evals['dev'].score:.4f}  ({stats.examples_trained} trained, {stats.wall_time:.1f}s)"
         )
     writer.close()
-    distiller.export_student(out / "student")
     final = epochs[-1]["dev"]
+    card = model_card(
+        task=distiller.spec.name, label_names=distiller.spec.label_names, student=args.backend.student,
+        teachers=distiller.teacher_names, teacher_scores=final["teacher_scores"],
+        schedule=[args.plan.to_dict()] * args.backend.epochs,
+        metrics={"dev score": final["score"], **{f"dev {k}": v for k, v in final["metrics"].items()},
+                 "ctrl score": epochs[-1]["ctrl"]["score"]},
+        how="One fixed plan every epoch (experiments/distill.py).",
+        config={"backend": config_dict(args.backend), "plan": args.plan.to_dict()},
+    )
+    distiller.export_student(out / "student", card=card)
     result = {
         "task": distiller.spec.name,
         "teachers": list(distiller.teacher_names),

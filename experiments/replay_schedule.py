@@ -5,8 +5,10 @@ task, seed or student, and export the distilled student.
     python experiments/replay_schedule.py --schedule runs/default/best_schedule.json --student tiny-2x128
 
 Writes ``OUT/``: ``schedule.json`` (the plans actually applied; ``--schedule`` replays it),
-``metrics.json`` (per-step stats, final ctrl and dev metrics), ``student/`` (``save_pretrained``;
-``AutoModelForSequenceClassification.from_pretrained`` loads it), ``config.yaml`` and TensorBoard events.
+``metrics.json`` (per-step stats, final ctrl and dev metrics), ``student/`` (``save_pretrained`` with the
+task's label names and a model card ``README.md``: teachers, the schedule applied, metrics, how it was
+made; ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` load it),
+``config.yaml`` and TensorBoard events.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import workflow
 from agents import ScheduleController
 from kd_backend.io import atomic_write_json
 from kd_backend.locking import check_folder, claim_folder
+from kd_backend.pipeline import config_dict
+from kd_backend.reporting import model_card
 from workflow import ReplayConfig
 
 
@@ -42,7 +46,16 @@ def main(cfg: ReplayConfig) -> dict:
         out / "schedule.json", source=source, mode="closed loop" if cfg.policy else "open loop", seed=seed,
         task=env.distiller.spec.name, teachers=list(env.teacher_names),
     )
-    env.distiller.export_student(out / "student")
+    spec = env.distiller.spec
+    card = model_card(
+        task=spec.name, label_names=spec.label_names, student=cfg.env.backend.student, teachers=env.teacher_names,
+        teacher_scores=list(dev.teacher_scores), schedule=record.schedule,
+        metrics={"dev score": dev.score, **{f"dev {k}": v for k, v in dev.metrics.items()},
+                 "ctrl score": record.final_ctrl_score, "compute (plain epochs)": record.total_compute},
+        how=f"Its schedule was chosen by {source} ({'closed loop: the policy decided each epoch from the student' if cfg.policy else 'open loop: a recorded schedule'}), replayed with seed {seed} (experiments/replay_schedule.py).",
+        config=config_dict(cfg.env),
+    )
+    env.distiller.export_student(out / "student", card=card)
     writer = SummaryWriter(str(out))
     workflow.log_episode_scalars(writer, record, env.teacher_names)
     writer.close()

@@ -735,9 +735,11 @@ class Distiller:
         return memo[(k, split)]
 
     # ------------------------------------------------------------------ persistence
-    def export_student(self, out_dir: str | Path) -> Path:
-        """Save the student with ``save_pretrained`` and its tokenizer (projections are not exported)."""
-        return export_model(self.student, self.student_tokenizer, out_dir)
+    def export_student(self, out_dir: str | Path, card: str | None = None) -> Path:
+        """Save the student with ``save_pretrained``, its tokenizer and its task's label names
+        (projections are not exported); ``card``: a model card saved as ``README.md``
+        (:func:`kd_backend.reporting.model_card`)."""
+        return export_model(self.student, self.student_tokenizer, out_dir, label_names=self.spec.label_names, card=card)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write the full run state (student, projections, optimizer, schedule, RNG) atomically."""

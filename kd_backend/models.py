@@ -492,14 +492,26 @@ def _hf_verbosity_error() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+def export_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+    label_names: Sequence[str] | None = None, card: str | None = None,
+) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` so that ``from_pretrained(out_dir)`` reloads them.
 
     Both are written to a temporary sibling directory that is then renamed into place, so
     ``out_dir`` never holds a half-written export; an existing export is replaced.
 
+    :param label_names: class names in id order, saved as the config's ``id2label``/``label2id`` (so
+        ``pipeline("text-classification")`` answers ``positive``, not ``LABEL_1``); None = leave them.
+    :param card: a model card (Markdown), saved as ``README.md``.
     :return: the export directory.
     """
+    if label_names is not None:
+        names = [str(n) for n in label_names]
+        if len(names) != model.config.num_labels:
+            raise ModelError(f"{len(names)} label names {names} for a model with {model.config.num_labels} labels")
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: i for i, n in enumerate(names)}
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ModelError(f"export target {out} exists and is not a directory; choose another out_dir")
@@ -511,6 +523,8 @@ def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out
         with _no_hf_progress_bars():
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{tag}")
             os.replace(out, old)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,64 @@ def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags().get("scalars", []):
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return out
+
+
+def _plan_summary(plan: Mapping[str, Any], teachers: Sequence[str]) -> str:
+    """One line for a plan's ``to_dict()``: teachers, data, objective."""
+    if float(plan.get("kd_weight", 1.0)) == 0.0 and float(plan.get("hidden_weight", 0.0)) == 0.0:
+        who = "no KD (cross-entropy only)"
+    elif plan.get("teacher_mode", "fixed") != "fixed":
+        who = f"teachers mixed by the student's uncertainty ({plan['teacher_mode']})"
+    else:
+        weights = plan.get("teacher_weights")
+        if weights is None:
+            who = "the teachers' mean"
+        else:
+            who = " + ".join(f"{w:g}×{t}" for w, t in zip(weights, teachers) if w) or "no teacher"
+    fraction = float(plan.get("fraction", 1.0))
+    data = "all data" if fraction >= 1.0 else (
+        f"{100 * fraction:g}% of each {plan.get('scope', 'epoch')} by {plan.get('selection', 'entropy')}"
+        + (" (stale scores)" if plan.get("scoring") == "stale" else "")
+    )
+    extra = f", hidden alignment {plan['hidden_weight']:g}" if float(plan.get("hidden_weight", 0.0)) else ""
+    objective = ", uncertainty-weighted objective" if plan.get("objective", "static") != "static" else ""
+    return f"{who}; {data}{extra}{objective}"
+
+
+def model_card(
+    *, task: str, label_names: Sequence[str] | None, student: str, teachers: Sequence[str],
+    teacher_scores: Sequence[float] | None, schedule: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any],
+    how: str, config: Mapping[str, Any] | None = None,
+) -> str:
+    """A Hugging Face model card (Markdown with YAML front matter) for an exported student.
+
+    :param task: the task's name.
+    :param label_names: class names in id order (None for regression).
+    :param student: the student's source (preset, folder or hub id).
+    :param teachers: the teachers' names, smallest first.
+    :param teacher_scores: each teacher's dev score (None = not measured).
+    :param schedule: the plans applied, one per decision, as ``EpochPlan.to_dict()``.
+    :param metrics: the student's final metrics (dev, ctrl, compute, ...).
+    :param how: how it was made (what produced the schedule).
+    :param config: the run's config, appended as YAML-ish JSON for reproduction.
+    """
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+             "tags: [knowledge-distillation, dynakd]", "---"]
+    lines = [*front, "", f"# DynaKD student for {task}", "",
+             f"A `{student}` student distilled with DynaKD on **{task}** "
+             f"({'labels: ' + ', '.join(f'`{n}`' for n in label_names) if label_names else 'regression'}). {how}", "",
+             "## Teachers", "", "| teacher | dev score |", "|---|---|"]
+    for i, name in enumerate(teachers):
+        score = teacher_scores[i] if teacher_scores is not None and i < len(teacher_scores) else None
+        lines.append(f"| `{name}` | {'' if score is None else f'{100 * score:.1f}'} |")
+    lines += ["", "## Schedule applied", "", "| decision | plan |", "|---|---|"]
+    lines += [f"| {i + 1} | {_plan_summary(p, teachers)} |" for i, p in enumerate(schedule)]
+    lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "## How it was made", "", "```bash", " ".join(shlex.quote(a) for a in ["python", *sys.argv]), "```", ""]
+    if config is not None:
+        lines += ["Resolved configuration:", "", "```json", json.dumps(config, indent=1, default=str), "```", ""]
+    lines += ["## Use", "", "```python", "from transformers import pipeline",
+              "classifier = pipeline(\"text-classification\", model=\"PATH/TO/THIS/FOLDER\")",
+              "classifier(\"a sentence\")", "```", ""]
+    return "\n".join(lines)

@@ -72,6 +72,15 @@ def test_distill_on_local_sst2_with_a_preset_teacher_trained_on_first_use(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "glue/sst2" and metrics["epochs"][0]["dev"]["num_examples"] == 100
+    # the exported student is a Hugging Face classifier that answers with SST-2's label names
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out / "student"), device="cpu")
+    assert classify("a gorgeous, witty film")[0]["label"] in ("negative", "positive")
+    card = (out / "student" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "# DynaKD student for glue/sst2" in card
+    assert "| `tiny-1x64` |" in card and "30% of each batch by entropy" in card  # teachers and the schedule applied
+    assert f"| dev score | {metrics['final_dev_score']:.4f} |" in card and "distill.py" in card
 
 
 def test_bad_input_fails_fast_with_a_clear_message(tmp_path):

@@ -130,6 +130,10 @@ def test_replay_policy_and_schedule(learned, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out / "student")
     assert model.config.num_labels == 2
     assert model(**tokenizer(["a fine film"], return_tensors="pt")).logits.shape == (1, 2)
+    labels = workflow.load_task_data(workflow.load_config_file(LearnConfig, learned / "config.yaml").env.backend).spec.label_names
+    assert list(model.config.id2label.values()) == list(labels)  # the task's names, not LABEL_0 / LABEL_1
+    card = (out / "student" / "README.md").read_text()
+    assert "closed loop" in card and "## Schedule applied" in card and card.count("\n| ") >= STEPS + 4
     scalars = read_scalars(out)
     assert len(scalars["step/ctrl_score"]) == STEPS and scalars["final/dev_score"][0][1] == pytest.approx(
         metrics["final_dev_score"])
