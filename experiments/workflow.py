@@ -449,8 +449,10 @@ def cli(main: Callable[[T], Any], cls: type[T], description: str | None) -> None
     run_main(main, lambda: parse_config(cls, description), interrupted="; nothing after this point was written")
 
 
-REUSE_IGNORED = ("backend.progress", "backend.cache_dir")
-"""Env settings that do not change an episode's result (``--reuse`` ignores them)."""
+REUSE_IGNORED = ("backend.progress", "backend.cache_dir", "cost_weight", "reward")
+"""Env settings that do not change what the protocol reads from an episode (its ctrl and dev scores
+and compute; the reward is not used to rank anything): ``--reuse`` ignores them, so a policy learned
+with another ``cost_weight`` joins an earlier protocol."""
 
 
 def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -231,6 +231,7 @@ def test_compare_protocol_script(config, tmp_path):
     assert report2["costs"]["controllers_eval"]["episodes_reused"] == report2["costs"]["controllers_eval"]["episodes"]
     assert [r["dev_score"] for r in report2["rows"]] == [r["dev_score"] for r in report["rows"]]
     # episodes of other settings would mean something else: refused, naming the setting
+    assert json.loads((tmp_path / "again" / "protocol.json").read_text())["costs"]["selection"]["episodes"] == 4
     other = [*again[:-1], str(tmp_path / "other"), "--lr", "0.5"]
     proc = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "backend.lr" in proc.stderr and not (tmp_path / "other").exists()
