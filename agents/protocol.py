@@ -444,8 +444,8 @@ def run_protocol(
     base = env.config.replace(branch_cache=branch_cache)
     select_env = DistillationEnv(base.replace(report_dev=False), distiller=env.distiller)
     eval_env = DistillationEnv(base.replace(report_dev=True), distiller=env.distiller)
-    # Without the oracle, how many candidates are evaluated (the reference and the best static plan:
-    # one or two) is known only after selection; the bar's total is corrected then.
+    # How many episodes the evaluation runs (without the oracle: the reference and the best static plan,
+    # one or two; controllers that are candidates reuse their runs) is known only after selection.
     total = len(candidates) * (len(sel_seeds) + (len(ev_seeds) if oracle else 0)) + len(controllers) * len(ev_seeds)
     from tqdm.auto import tqdm
 
@@ -461,9 +461,8 @@ def run_protocol(
         reference, best_static = pick_reference(table), pick_reference(table, "static")
         chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static))}
         extras = {n: c for n, c in controllers.items() if n not in chosen}  # a candidate's runs are reused
-        if not oracle:
-            bar.total = len(candidates) * len(sel_seeds) + (len(chosen) + len(extras)) * len(ev_seeds)
-            bar.refresh()
+        bar.total = len(candidates) * len(sel_seeds) + (len(chosen) + len(extras)) * len(ev_seeds)
+        bar.refresh()
         eval_records = _run(
             eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar,
             prior=reusable_records(prior, chosen, ev_seeds, plans),
