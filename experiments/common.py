@@ -130,6 +130,9 @@ def os_error_message(err: OSError) -> str:
     return f"{err.strerror or err}{where}: {fix}"
 
 
+EXIT_USAGE = 2
+"""Exit status of a bad flag or config value, refused while parsing (as argparse and tyro do)."""
+
 TRACEBACK_ENV = "DYNAKD_TRACEBACK"
 """Set to 1 to get the traceback of an OS error instead of its one-line message."""
 
@@ -137,7 +140,12 @@ TRACEBACK_ENV = "DYNAKD_TRACEBACK"
 def run_main(main: Callable[[T], Any], parse: Callable[[], T], interrupted: str = "") -> None:
     """Every script's entry point: ``main(parse())``, with DynaKD's exit statuses (:data:`EXIT_RUN_ERROR`)."""
     try:
-        main(parse())
+        config = parse()
+    except DynaKDError as err:  # a bad flag or config value: refused before anything runs
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        main(config)
     except DynaKDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_RUN_ERROR)
