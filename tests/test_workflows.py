@@ -375,3 +375,21 @@ def test_seed_pool_cycles_training_seeds_and_resumes_in_step():
     assert workflow.SeededEpisodes(Recorder(), first_seed=9).seed_of(9) == 9  # no pool: seed + i
     with pytest.raises(ConfigError, match="seed_pool"):
         LearnConfig(seed_pool=0)
+
+
+def test_dev_never_steers_learning(tiny_yaml, tmp_path):
+    """Learning reports dev (TensorBoard, the progress bar) but the learner never sees it: the same run
+    with dev sealed off (--no-report-dev: dev is never evaluated) learns the very same policy."""
+    import torch
+
+    policies = {}
+    for flag in ("--report-dev", "--no-report-dev"):
+        runs = tmp_path / flag.strip("-")
+        cfg = parse(LearnConfig, "--config", tiny_yaml, flag, "--runs-dir", runs, "--total-episodes", "2",
+                    "--baselines", "kd-t0", "--eval-seeds", "100", "--no-progress")
+        learn_policy.main(cfg)
+        lines = [json.loads(line) for line in (runs / "tiny" / "episodes.jsonl").read_text().splitlines()]
+        assert any(line.get("dev_score") is not None for line in lines) == (flag == "--report-dev")
+        policies[flag] = workflow.load_policy(runs / "tiny" / "policy.zip", workflow.expected_spaces(cfg.env))
+    a, b = (p.policy.state_dict() for p in policies.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
