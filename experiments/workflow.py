@@ -455,16 +455,6 @@ and compute; the reward is not used to rank anything): ``--reuse`` ignores them,
 with another ``cost_weight`` joins an earlier protocol."""
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any], dict[str, Any]]:
     """The episodes and phase costs of an earlier ``compare.py --protocol`` folder, for ``--reuse``.
 
@@ -477,7 +467,7 @@ def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any]
     if not (folder / "protocol.json").is_file():
         raise ConfigError(f"--reuse {folder}: no protocol.json there; name a folder written by compare.py --protocol")
     before = load_config_file(CompareConfig, folder / CONFIG_FILE)
-    old, new = _flat(config_dict(before.env)), _flat(config_dict(cfg.env))
+    old, new = _flatten(config_dict(before.env)), _flatten(config_dict(cfg.env))
     differ = sorted(k for k in set(old) | set(new) if k not in REUSE_IGNORED and old.get(k) != new.get(k))
     if differ:
         shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:6])
@@ -548,12 +538,13 @@ def expected_spaces(config: EnvConfig) -> Spaces:
     num_teachers = len(backend.teachers)
     codec = make_codec(config, num_teachers, regression)
     return Spaces(observation_space(num_teachers, codec.dim), codec.space, num_teachers, regression,
-                  env_meaning(config, num_teachers, regression))
+                  env_meaning(config, num_teachers, regression, codec))
 
 
-def env_meaning(config: EnvConfig, num_teachers: int, regression: bool) -> dict[str, Any]:
-    """What an env's actions and observations stand for (:attr:`Spaces.meaning`)."""
-    codec = make_codec(config, num_teachers, regression)
+def env_meaning(config: EnvConfig, num_teachers: int, regression: bool, codec: Any = None) -> dict[str, Any]:
+    """What an env's actions and observations stand for (:attr:`Spaces.meaning`); ``codec``: the
+    env's action codec when the caller has it (else built from the config)."""
+    codec = codec if codec is not None else make_codec(config, num_teachers, regression)
     meaning: dict[str, Any] = {
         "action_space": config.action_space, "actions": list(codec.labels),
         "observations": list(observation_names(num_teachers, codec.dim, codec.labels)),

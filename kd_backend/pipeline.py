@@ -393,7 +393,6 @@ def check_model_sources(cfg: BackendConfig) -> None:
     import os
 
     for role, source in [*(("teacher", t) for t in cfg.teachers), ("student", cfg.student)]:
-        _check_source(source)
         if source in PRESETS or source in PRETRAINED:
             continue
         path = Path(source).expanduser()
