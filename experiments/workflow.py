@@ -361,10 +361,37 @@ class CompareConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """Learn a KD schedule by beam search over branching episodes (``agents.search``), on the
+    training seeds and the ctrl split only; the objective is ``100 x ctrl - cost_weight x compute``."""
+
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
+    """The KD run as an environment: its menu is what the search chooses from, its ``cost_weight``
+    the points charged per plain epoch."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Student seeds the search scores every prefix on (training seeds: keep them disjoint from the
+    evaluation seeds)."""
+    beam: int = 1
+    """Prefixes kept per depth (1 = greedy: H x menu x seeds one-epoch trials)."""
+    out: str = "runs/search"
+    """Output folder (schedule.json, search.csv, search.json, config.yaml)."""
+    overwrite: bool = False
+    """Replace the results an existing output folder holds instead of refusing to start."""
+    threads: int | None = None
+    """torch CPU threads; None = 1 for a tiny preset student on CPU, else torch's default."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", _seeds("SearchConfig", "seeds", self.seeds))
+        _positive("SearchConfig", "beam", self.beam)
+        _positive("SearchConfig", "threads", self.threads, allow_none=True)
+
+
 REQUIRED_KEYS: dict[type, tuple[str, ...]] = {
     LearnConfig: ("name", "env", "algo", "total_episodes"),
     ReplayConfig: ("env",),
     CompareConfig: ("env",),
+    SearchConfig: ("env",),
 }
 """Top-level keys a ``--config`` file must contain, per script."""
 
