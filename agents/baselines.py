@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import gymnasium as gym
 import numpy as np
 
+from envs.actions import paper_plan
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
 from kd_backend.plan import EpochPlan
@@ -80,16 +81,7 @@ class PaperHeuristic(StaticController):
     """
 
     def __init__(self, mechanism: PaperMechanism, adoption_mode: str = "hard", fraction: float = 0.1) -> None:
-        adoption = {"teacher_mode": adoption_mode}
-        selection = {"fraction": fraction, "selection": "margin", "scope": "batch"}
-        objective = {"objective": "uncertainty", "hidden_weight": 1.0}
-        fields = {
-            "adoption": adoption, "selection": selection, "objective": objective,
-            "combined": {**adoption, **selection, **objective},
-        }
-        if mechanism not in fields:
-            raise ConfigError(f"PaperHeuristic mechanism={mechanism!r} is not one of {list(fields)}")
-        super().__init__(EpochPlan(**fields[mechanism]), name=f"paper-{mechanism}")
+        super().__init__(EpochPlan(**paper_plan(mechanism, adoption_mode, fraction)), name=f"paper-{mechanism}")
         self.mechanism = mechanism
 
 

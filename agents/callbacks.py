@@ -5,12 +5,11 @@ plan, the epoch stats, ctrl evaluation, reward, compute; on the last step of an 
 final ctrl and dev scores) to ``<run_dir>/episodes.jsonl`` — append-only and flushed per line — and
 the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/``:
 
-* per step, in ``dynakd/`` (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``,
-  ``plan/fraction``, ``plan/ce_weight``, ``plan/kd_weight``, ``plan/hidden_weight``,
-  ``plan/teacher_weight/t<k>_<teacher>`` (the weight teacher k actually received),
-  ``plan/kd_instance_weight``, ``plan/hidden_instance_weight``;
+* per step, in ``dynakd/`` (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``
+  and the step's ``plan/*`` and ``train/*`` (:func:`kd_backend.reporting.step_scalars`);
 * per episode, in ``dynakd_episodes/`` (x = episode): ``episode/final_ctrl_score``,
-  ``episode/final_dev_score``, ``episode/compute``, ``episode/return``.
+  ``episode/final_dev_score``, ``episode/compute``, ``episode/return``;
+* the Custom Scalars layout of DynaKD's one tag schema (:data:`kd_backend.reporting.TAG_GROUPS`).
 
 A learner that continues from a checkpoint at timestep T (``reset_num_timesteps=False``) redoes
 the steps after it, while the events an interrupted run wrote for them stay in its event files.
@@ -52,6 +51,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.storage import save_replay_buffer, save_rng_state, set_rng_state
 from kd_backend.io import atomic_write_json, atomic_write_text
+from kd_backend.reporting import episode_scalars, step_scalars, write_layout, write_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class EpisodeLogger(BaseCallback):
             folder = self.run_dir / "tensorboard"
             self._writer = SummaryWriter(str(folder / STEP_SCALARS), purge_step=start + 1)
             self._episode_writer = SummaryWriter(str(folder / EPISODE_SCALARS), purge_step=self.episodes)
+            write_layout(self._writer)
         if start > 0:
             _purge_sb3_tensorboard(self.model.logger, start + 1)
         self._current.clear()  # a new learn() call starts numbering after the finished episodes
@@ -179,7 +180,7 @@ class EpisodeLogger(BaseCallback):
                 line.update(final_ctrl_score=info["final_ctrl_score"], dev_score=info.get("dev_score"),
                             episode_return=self._returns[i])
             self._write_line(line)
-            self._write_scalars(line)
+            self._write_scalars(line, info["teacher_names"])
             if done:
                 self._finish_episode(i, line)
         return True
@@ -195,31 +196,21 @@ class EpisodeLogger(BaseCallback):
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
-    def _write_scalars(self, line: dict[str, Any]) -> None:
+    def _write_scalars(self, line: dict[str, Any], teacher_names: list[str]) -> None:
         if self._writer is None:
             return
-        t, plan, stats = line["timestep"], line["plan"], line["stats"]
         scalars = {
-            "step/reward": line["reward"], "step/ctrl_score": line["ctrl"]["score"],
-            "step/compute": line["step_compute"],
-            "plan/fraction": plan["fraction"], "plan/ce_weight": plan["ce_weight"], "plan/kd_weight": plan["kd_weight"],
-            "plan/hidden_weight": plan["hidden_weight"], "plan/kd_instance_weight": stats["kd_instance_weight"],
-            "plan/hidden_instance_weight": stats["hidden_instance_weight"],
-            **{f"plan/teacher_weight/{k}": w for k, w in line["teacher_weights"].items()},
+            "step/reward": line["reward"], "step/ctrl_score": line["ctrl"]["score"], "step/compute": line["step_compute"],
+            **step_scalars(line["plan"], line["stats"], teacher_names),
         }
-        for tag, value in scalars.items():
-            self._writer.add_scalar(tag, value, t)
+        write_scalars(self._writer, scalars, line["timestep"])
 
     def _finish_episode(self, i: int, line: dict[str, Any]) -> None:
         episode = self._current.pop(i)
         self.episodes += 1
         if self._episode_writer is not None:
-            for tag, value in (
-                ("episode/final_ctrl_score", line["final_ctrl_score"]), ("episode/final_dev_score", line["dev_score"]),
-                ("episode/compute", line["compute_total"]), ("episode/return", line["episode_return"]),
-            ):
-                if value is not None:
-                    self._episode_writer.add_scalar(tag, value, episode)
+            scalars = episode_scalars(line["final_ctrl_score"], line["dev_score"], line["compute_total"], line["episode_return"])
+            write_scalars(self._episode_writer, scalars, episode)
             self._episode_writer.flush()
             self._writer.flush()
 

@@ -27,6 +27,35 @@ from kd_backend.plan import OBJECTIVE_MODES, SELECTION_RULES, EpochPlan
 ADAPTIVE_MODES = ("hard", "soft", "soft-instance")
 
 
+def paper_plan(mechanism: str, adoption_mode: str = "hard", fraction: float = 0.1) -> dict[str, Any]:
+    """The ``EpochPlan`` fields of one of Li et al. (2021)'s heuristics, the one place they are defined.
+
+    * ``adoption``: uncertainty-based teacher adoption (``adoption_mode``: hard, soft, soft-instance);
+    * ``selection``: KD on the ``fraction`` most uncertain instances of each batch by margin;
+    * ``objective``: uncertainty-weighted KD and hidden alignment (weights 1, 1);
+    * ``combined``: the three at once (the paper never combined them).
+
+    :raises ConfigError: an unknown mechanism.
+    """
+    parts = {
+        "adoption": {"teacher_mode": adoption_mode},
+        "selection": {"fraction": fraction, "selection": "margin", "scope": "batch"},
+        "objective": {"objective": "uncertainty", "hidden_weight": 1.0},
+    }
+    if mechanism == "combined":
+        return {**parts["adoption"], **parts["selection"], **parts["objective"]}
+    if mechanism not in parts:
+        raise ConfigError(f"paper mechanism={mechanism!r} is not one of {[*parts, 'combined']}")
+    return dict(parts[mechanism])
+
+
+PAPER_HEURISTICS: dict[str, str] = {
+    "paper-adoption": "adopt-hard", "paper-selection": "frac-0.1-margin-batch",
+    "paper-objective": "objective-uncertainty", "paper-combined": "paper-combined",
+}
+"""The paper's heuristics as names, each the named plan (:func:`named_plans`) it applies every epoch."""
+
+
 def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[str, Any]]:
     """Every plan the discrete menu can hold, by name, as ``EpochPlan`` fields.
 
@@ -62,14 +91,11 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
         plans["frac-0.3-stale"] = {"fraction": 0.3, "selection": "entropy", "scope": "epoch", "scoring": "stale"}
     plans["pkd"] = {"hidden_weight": 1.0}
     if not regression:
-        plans["frac-0.1-margin-batch"] = {"fraction": 0.1, "selection": "margin", "scope": "batch"}
+        plans["frac-0.1-margin-batch"] = paper_plan("selection")
         for mode in ("uncertainty", "uncertainty-r"):
             plans[f"objective-{mode}"] = {"objective": mode, "hidden_weight": 1.0}
         if num_teachers > 1:
-            plans["paper-combined"] = {
-                "teacher_mode": "hard", "fraction": 0.1, "selection": "margin", "scope": "batch",
-                "objective": "uncertainty", "hidden_weight": 1.0,
-            }
+            plans["paper-combined"] = paper_plan("combined")
     return plans
 
 

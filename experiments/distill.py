@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from common import cli, save_yaml
-
 import tyro
+
+from agents.cli import cli, save_yaml
 from kd_backend.io import atomic_write_json
 from kd_backend.locking import check_folder, claim_folder
 from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
 from kd_backend.plan import EpochPlan
-from kd_backend.reporting import log_epoch_scalars, model_card
+from kd_backend.reporting import log_epoch_scalars, model_card, write_layout
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,13 @@ def main(args: DistillArgs) -> dict:
     claim_folder(out, overwrite=args.overwrite)
     save_yaml(out / "config.yaml", {"backend": config_dict(args.backend), "plan": args.plan.to_dict(), "out": args.out})
     writer = SummaryWriter(str(out))
+    write_layout(writer)
     untrained = distiller.evaluate("dev").score  # the reference point for the report only
     epochs = []
     for epoch in range(args.backend.epochs):
         stats = distiller.train_epoch(args.plan)
         evals = {split: distiller.evaluate(split) for split in ("ctrl", "dev")}
-        log_epoch_scalars(writer, epoch + 1, stats, evals, distiller.teacher_names)
+        log_epoch_scalars(writer, epoch + 1, stats, evals, args.plan.to_dict(), distiller.teacher_names)
         epochs.append({"train": stats.to_dict(), **{k: v.to_dict() for k, v in evals.items()}})
         print(
             f"epoch {epoch + 1}: loss {stats.losses['total']:.4f}  ctrl {evals['ctrl'].score:.4f}  "

@@ -17,12 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Annotated
 
-from common import cli, hide_fields
-
 import tyro
+
+from agents.cli import cli, hide_fields
 from kd_backend.errors import ConfigError
 from kd_backend.locking import check_folder
-from kd_backend.pipeline import BackendConfig, build_student, fine_tune, load_task_data, teacher_recipe
+from kd_backend.pipeline import (
+    BackendConfig,
+    build_student,
+    fine_tune,
+    load_task_data,
+    teacher_recipe,
+)
 
 _KD_ONLY = (
     "teachers", "student", "student_init", "student_layers", "teacher_epochs", "teacher_lr", "teacher_source",

@@ -12,22 +12,97 @@ from typing import Any
 from kd_backend.plan import EpochStats, EvalStats
 
 
-def log_epoch_scalars(writer: Any, step: int, stats: EpochStats, evals: Mapping[str, EvalStats], names: tuple[str, ...]) -> None:
-    """Write one epoch's training and evaluation scalars to a TensorBoard ``SummaryWriter``.
+TAG_GROUPS: dict[str, tuple[str, ...]] = {
+    "plan": ("plan/fraction", "plan/ce_weight", "plan/kd_weight", "plan/hidden_weight", "plan/teacher_weight/.*",
+             "plan/kd_instance_weight", "plan/hidden_instance_weight"),
+    "losses": ("train/loss_.*", "train/lr"),
+    "scores": ("step/ctrl_score", "step/reward", "episode/final_ctrl_score", "episode/final_dev_score", "ctrl/score",
+               "dev/score"),
+    "compute": ("step/compute", "episode/compute", "train/examples_trained", "train/teacher_forwards"),
+}
+"""DynaKD's one TensorBoard tag schema, by dashboard group (regular expressions over tags):
+
+* ``plan/*`` — what a step applied: data fraction, loss weights, the weight teacher k actually
+  received (``plan/teacher_weight/t<k>_<teacher>``), the mean instance weights of the objective;
+* ``train/*`` — the step's training: ``train/loss_<term>``, ``train/lr``, ``train/examples_trained``,
+  ``train/teacher_forwards``;
+* ``step/*`` — what the env reports after a decision: ``step/ctrl_score``, ``step/reward``, ``step/compute``;
+* ``episode/*`` — per KD run: ``episode/final_ctrl_score``, ``episode/final_dev_score``,
+  ``episode/compute``, ``episode/return``;
+* ``ctrl/*``, ``dev/*`` — an evaluation of that split (``distill.py``: score, loss, metrics, agreement).
+
+:func:`write_layout` makes TensorBoard's Custom Scalars dashboard open with these groups."""
+
+
+def step_scalars(plan: Mapping[str, Any], stats: Mapping[str, Any], teacher_names: Sequence[str]) -> dict[str, float]:
+    """The ``plan/*`` and ``train/*`` scalars of one step (:data:`TAG_GROUPS`).
+
+    :param plan: the applied plan (``EpochPlan.to_dict()``).
+    :param stats: its training stats (``EpochStats.to_dict()``).
+    :param teacher_names: the run's teachers, smallest first.
+    """
+    weights = stats["teacher_weights"]
+    if len(weights) != len(teacher_names):
+        raise ValueError(f"{len(weights)} teacher weights for {len(teacher_names)} teachers {list(teacher_names)}")
+    return {
+        "plan/fraction": plan["fraction"], "plan/ce_weight": plan["ce_weight"], "plan/kd_weight": plan["kd_weight"],
+        "plan/hidden_weight": plan["hidden_weight"],
+        **{f"plan/teacher_weight/t{k}_{name}": w for k, (name, w) in enumerate(zip(teacher_names, weights))},
+        "plan/kd_instance_weight": stats["kd_instance_weight"], "plan/hidden_instance_weight": stats["hidden_instance_weight"],
+        **{f"train/loss_{k}": v for k, v in stats["losses"].items()},
+        "train/lr": stats["lr"], "train/examples_trained": stats["examples_trained"],
+        "train/teacher_forwards": stats["teacher_forwards"],
+    }
+
+
+def episode_scalars(final_ctrl_score: float, final_dev_score: float | None, compute: float, episode_return: float | None) -> dict[str, float]:
+    """The ``episode/*`` scalars of one finished KD run (a dev score or return of None is left out)."""
+    out = {"episode/final_ctrl_score": final_ctrl_score, "episode/compute": compute}
+    if final_dev_score is not None:
+        out["episode/final_dev_score"] = final_dev_score
+    if episode_return is not None:
+        out["episode/return"] = episode_return
+    return out
+
+
+def write_scalars(writer: Any, scalars: Mapping[str, float], step: int) -> None:
+    """Add every scalar of ``scalars`` at x = ``step``."""
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+
+
+def write_layout(writer: Any) -> None:
+    """Write the Custom Scalars layout of :data:`TAG_GROUPS` (one chart per group, tags by regex)."""
+    layout = {group: {group: ["Multiline", list(tags)]} for group, tags in TAG_GROUPS.items()}
+    writer.add_custom_scalars(layout)
+
+
+def write_hparams(logdir: str | Path, hparams: Mapping[str, Any], metrics: Mapping[str, float], run_name: str = "hparams") -> Path:
+    """Record a run's settings and its final metrics for TensorBoard's HParams dashboard.
+
+    :param logdir: the run's TensorBoard folder.
+    :param hparams: setting name -> value; anything but a bool, int, float or str is written as its ``str``.
+    :param metrics: metric name -> final value (e.g. the learned policy's mean dev score).
+    :param run_name: the sub-folder the HParams record goes to.
+    :return: the sub-folder.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+    with SummaryWriter(str(logdir)) as writer:
+        writer.add_hparams(clean, {k: float(v) for k, v in metrics.items()}, run_name=run_name)
+    return Path(logdir) / run_name
+
+
+def log_epoch_scalars(writer: Any, step: int, stats: EpochStats, evals: Mapping[str, EvalStats], plan: Mapping[str, Any],
+                      names: tuple[str, ...]) -> None:
+    """Write one epoch's training and evaluation scalars (:data:`TAG_GROUPS`) to a ``SummaryWriter``.
 
     :param step: the x-axis value (epoch index, or global decision index).
+    :param plan: the applied plan (``EpochPlan.to_dict()``).
     :param names: teacher names, for the per-teacher scalars.
     """
-    for key, value in stats.losses.items():
-        writer.add_scalar(f"train/loss_{key}", value, step)
-    writer.add_scalar("train/examples_trained", stats.examples_trained, step)
-    writer.add_scalar("train/teacher_forwards", stats.teacher_forwards, step)
-    writer.add_scalar("train/wall_time", stats.wall_time, step)
-    writer.add_scalar("train/lr", stats.lr, step)
-    writer.add_scalar("train/kd_instance_weight", stats.kd_instance_weight, step)
-    writer.add_scalar("train/hidden_instance_weight", stats.hidden_instance_weight, step)
-    for name, w in zip(names, stats.teacher_weights):
-        writer.add_scalar(f"teacher_weight/{name}", w, step)
+    write_scalars(writer, step_scalars(plan, stats.to_dict(), names), step)
     for split, ev in evals.items():
         writer.add_scalar(f"{split}/score", ev.score, step)
         writer.add_scalar(f"{split}/loss", ev.loss, step)

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from agents import (
-    EpisodeLogger, PaperHeuristic, RandomController, ScheduleController, StaticController, evaluate_controller,
-    load_agent, make_agent, read_episodes, truncate_episodes,
+    EpisodeLogger,
+    PaperHeuristic,
+    RandomController,
+    ScheduleController,
+    StaticController,
+    evaluate_controller,
+    load_agent,
+    make_agent,
+    read_episodes,
+    truncate_episodes,
 )
 from agents.callbacks import EPISODE_SCALARS, STEP_SCALARS
 from envs import DistillationEnv, tiny_config
@@ -236,3 +244,15 @@ def test_resuming_from_a_checkpoint_shows_each_step_once_in_tensorboard(config, 
     assert scalars["step/reward"] == [(t, pytest.approx(rewards[t])) for t in range(1, 3 * length + 1)]
     returns = [x["episode_return"] for x in lines if x["done"]]
     assert scalars["episode/return"] == [(e, pytest.approx(r)) for e, r in enumerate(returns)]
+
+
+def test_paper_heuristics_are_named_plans_of_the_one_vocabulary():
+    from envs.actions import PAPER_HEURISTICS, named_plans
+
+    plans = named_plans(2)
+    for name, plan_name in PAPER_HEURISTICS.items():
+        heuristic = PaperHeuristic(name.removeprefix("paper-"))
+        assert heuristic.name == name and heuristic.plan == EpochPlan(**plans[plan_name])
+    assert PaperHeuristic("adoption", adoption_mode="soft").plan.teacher_mode == "soft"
+    with pytest.raises(ConfigError, match="not one of"):
+        PaperHeuristic("nope")

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 import envs
-from envs import BoxCodec, DistillationEnv, EnvConfig, MenuCodec, MultiDiscreteCodec, named_plans, tiny_config
+from envs import (
+    BoxCodec,
+    DistillationEnv,
+    EnvConfig,
+    MenuCodec,
+    MultiDiscreteCodec,
+    named_plans,
+    tiny_config,
+)
 from envs.observation import LOSS_CAP, observation_names, observation_space
 from envs.reward import step_reward
 from kd_backend.errors import ConfigError

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from kd_backend.errors import ConfigError
-from kd_backend.losses import ce_loss, hidden_mse_loss, kd_kl_loss, kd_mse_loss, regression_loss
+from kd_backend.losses import (
+    ce_loss,
+    hidden_mse_loss,
+    kd_kl_loss,
+    kd_mse_loss,
+    regression_loss,
+)
 
 
 def softmax2(a: float, b: float) -> tuple[float, float]:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from kd_backend.errors import ConfigError
-from kd_backend.metrics import compute_metrics, constant_score, main_score, predicted_classes
+from kd_backend.metrics import (
+    compute_metrics,
+    constant_score,
+    main_score,
+    predicted_classes,
+)
 from kd_backend.tasks import TaskSpec, get_task_spec
 
 # gold 1 0 1 1 0 1, predicted 1 0 0 1 1 1  ->  TP=3 FP=1 FN=1 TN=1

@@ -24,7 +24,11 @@ from kd_backend.models import (
     num_layers,
     resolve_layer_map,
 )
-from kd_backend.tokenization import encode_texts, tokenizer_fingerprint, train_wordpiece_tokenizer
+from kd_backend.tokenization import (
+    encode_texts,
+    tokenizer_fingerprint,
+    train_wordpiece_tokenizer,
+)
 
 WORDS = (
     "the a movie film story actor plot scene was is were truly deeply not very rather great terrible "

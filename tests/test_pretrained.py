@@ -13,7 +13,12 @@ from safetensors import safe_open
 from kd_backend import pretrained
 from kd_backend.errors import ConfigError, ModelError
 from kd_backend.models import load_pretrained, model_fingerprint
-from kd_backend.pipeline import BackendConfig, build_distiller, build_student, load_task_data
+from kd_backend.pipeline import (
+    BackendConfig,
+    build_distiller,
+    build_student,
+    load_task_data,
+)
 from kd_backend.plan import EpochPlan
 
 OFFICIAL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

@@ -13,11 +13,25 @@ from pathlib import Path
 import pytest
 
 from agents import (
-    EpisodeRecord, RandomController, ScheduleController, candidate_schedules, dev_sealed, menu_plans, merge_costs,
+    EpisodeRecord,
+    RandomController,
+    ScheduleController,
+    candidate_schedules,
+    dev_sealed,
+    menu_plans,
+    merge_costs,
     run_protocol,
 )
+from agents.cli import parse_config, save_config
+from agents.configs import CompareConfig
 from agents.protocol import (
-    ORACLE_ROLE, DevReadDuringSelection, mean_se, paired_difference, pick_oracle, pick_reference, report_rows,
+    ORACLE_ROLE,
+    DevReadDuringSelection,
+    mean_se,
+    paired_difference,
+    pick_oracle,
+    pick_reference,
+    report_rows,
     selection_table,
 )
 from envs import DistillationEnv, tiny_config
@@ -193,11 +207,9 @@ def test_protocol_refuses_overlapping_seeds(env):
 
 
 def test_compare_protocol_script(config, tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))
-    import workflow
 
     cfg_path = tmp_path / "tiny.yaml"
-    workflow.save_config(cfg_path, workflow.CompareConfig(env=config))
+    save_config(cfg_path, CompareConfig(env=config))
     out = tmp_path / "protocol"
     cmd = [sys.executable, str(REPO / "experiments" / "compare.py"), "--config", str(cfg_path), "--protocol",
            "--controllers", "kd-t0", "random", "--selection-seeds", "1", "--seeds", "3", "4", "5", "6", "7",
@@ -239,8 +251,6 @@ def test_compare_protocol_script(config, tmp_path):
 
 def test_protocol_flag_alone_gets_five_eval_seeds():
     """`compare.py --protocol` with no --seeds must run (tyro builds the default before the flag)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    from workflow import CompareConfig, parse_config
 
     assert parse_config(CompareConfig, None, ["--protocol"]).eval_seeds == (10000, 10001, 10002, 10003, 10004)
     assert parse_config(CompareConfig, None, ["--controllers", "kd-t0"]).eval_seeds == (10000, 10001, 10002)

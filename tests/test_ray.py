@@ -20,19 +20,19 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import read_episodes
+from agents.cli import save_config
+from agents.configs import LearnConfig
+from agents.controllers import load_schedule
+from agents.evaluation import evaluate
+from agents.learning import RESTARTS_FILE, learn, make_learner, prepare_run_dir
+from agents.ray_vec_env import RayVecEnv  # noqa: E402
+from agents.spaces import build_env, expected_spaces
 from agents.vec_env import EnvFactory, SeededEpisodes
 from envs import tiny_config
 
 ray = pytest.importorskip("ray", reason='Ray is not installed; these tests need DynaKD\'s ray extra: pip install -e ".[ray]"')
 pytestmark = pytest.mark.ray
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-
-import workflow  # noqa: E402
-from workflow import LearnConfig  # noqa: E402
-
-from agents.ray_vec_env import RayVecEnv  # noqa: E402
 
 STEPS = 3  # decisions per episode of the tiny env
 
@@ -47,7 +47,7 @@ def cache_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def config(cache_dir):
     cfg = tiny_config(cache_dir=cache_dir)
-    workflow.build_env(cfg)  # fine-tune and cache the teachers once, before any actor starts
+    build_env(cfg)  # fine-tune and cache the teachers once, before any actor starts
     return cfg
 
 
@@ -117,9 +117,9 @@ def test_killed_actor_is_restarted_and_its_episode_redone(config, local_ray, tmp
     killed = LearnConfig(name="ray", vec_env="ray", ray_max_restarts=2, **base)
     results = {}
     for cfg in (reference, killed):
-        run_dir = workflow.prepare_run_dir(cfg)
-        env = workflow.build_env(cfg.env)
-        agent, done = workflow.make_learner(cfg, env, run_dir)
+        run_dir = prepare_run_dir(cfg)
+        env = build_env(cfg.env)
+        agent, done = make_learner(cfg, env, run_dir)
         vec = agent.get_env()
         killer = None
         if isinstance(vec, RayVecEnv):
@@ -134,13 +134,13 @@ def test_killed_actor_is_restarted_and_its_episode_redone(config, local_ray, tmp
             killer = threading.Thread(target=kill_mid_episode, daemon=True)
             killer.start()
         try:
-            assert workflow.learn(agent, cfg, run_dir, done, show_progress=False) == 4
+            assert learn(agent, cfg, run_dir, done, show_progress=False) == 4
         finally:
             vec.close()
         if killer is not None:
             killer.join(timeout=5)
             assert vec.restarts == [1, 0]
-            (line,) = [json.loads(x) for x in (run_dir / workflow.RESTARTS_FILE).read_text().splitlines()]
+            (line,) = [json.loads(x) for x in (run_dir / RESTARTS_FILE).read_text().splitlines()]
             assert line["env"] == 0 and line["restart"] == 1
         results[cfg.name] = read_episodes(run_dir / "episodes.jsonl")
 
@@ -167,10 +167,10 @@ def test_pbt_population_of_two_completes_and_its_schedule_replays(config, local_
     assert len(trials) == 2 and max(t["final_ctrl_score"] for t in trials) == result.final_ctrl_score
 
     # Open-loop replay from scratch on the same seed is the best trial's run, exploits included.
-    spaces = workflow.expected_spaces(config)
-    schedule = workflow.load_schedule(tmp_path / "pbt" / "pbt_schedule.json", config, spaces)
-    env = workflow.build_env(config, spaces)
-    [record] = workflow.evaluate(env, {"pbt": schedule}, [config.backend.seed], show_progress=False)
+    spaces = expected_spaces(config)
+    schedule = load_schedule(tmp_path / "pbt" / "pbt_schedule.json", config, spaces)
+    env = build_env(config, spaces)
+    [record] = evaluate(env, {"pbt": schedule}, [config.backend.seed], show_progress=False)
     assert record.final_ctrl_score == pytest.approx(result.final_ctrl_score, abs=1e-9)
     assert record.total_compute == pytest.approx(saved["total_compute"], rel=1e-9)
 
@@ -203,7 +203,7 @@ def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_pat
     cfg = LearnConfig(env=config, name="ray2", runs_dir=str(tmp_path), total_episodes=2, rollout_episodes=2,
                       checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",), vec_env="ray", n_envs=2)
     path = tmp_path / "learn.yaml"
-    workflow.save_config(path, cfg)
+    save_config(path, cfg)
     address = ray.get_runtime_context().gcs_address
     script = [sys.executable, str(REPO / "experiments" / "learn_policy.py")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -219,7 +219,7 @@ def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_pat
     assert {x["env"] for x in lines} == {0, 1}
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["episodes"] == 4
     assert (run / "policy.zip").is_file() and (run / "comparison.csv").is_file()
-    assert not (run / workflow.RESTARTS_FILE).exists()  # nothing died
+    assert not (run / RESTARTS_FILE).exists()  # nothing died
 
 
 def test_warm_up_builds_one_env_per_node(config, local_ray):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import re
 import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -20,16 +20,17 @@ import pytest
 import torch
 
 from agents import EpisodeLogger, load_agent, make_agent, read_episodes
+from agents.cli import load_config_file, parse_config, save_config
+from agents.configs import CONFIG_FILE, LearnConfig
+from agents.learning import claim_run_dir, learn, make_learner, prepare_run_dir
+from agents.spaces import SpacesOnlyEnv, expected_spaces
 from agents.storage import read_policy
 from envs import DistillationEnv, tiny_config
 from kd_backend.errors import ConfigError
-from kd_backend.pipeline import build_distiller
+from kd_backend.pipeline import build_distiller, config_dict
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
 
-import workflow  # noqa: E402
-from workflow import LearnConfig  # noqa: E402
 
 
 def run_script(script: str, *args: object, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -139,7 +140,7 @@ def test_scripts_refuse_a_crafted_policy_before_any_work(policy_zip, config, tmp
     marker = tmp_path / "pwned"
     evil = _rewrite_zip(policy_zip, tmp_path / "evil.zip", _evil_data(marker, keep_record=False))
     cfg = tmp_path / "env.yaml"
-    workflow.save_config(cfg, LearnConfig(env=config, eval_seeds=(100,)))
+    save_config(cfg, LearnConfig(env=config, eval_seeds=(100,)))
     out = tmp_path / "replay"
     proc = run_script("replay_schedule.py", "--config", cfg, "--policy", evil, "--out", out)
     assert proc.returncode == 1 and "has no DynaKD record" in proc.stderr and "Traceback" not in proc.stderr
@@ -149,7 +150,7 @@ def test_scripts_refuse_a_crafted_policy_before_any_work(policy_zip, config, tmp
     not_a_zip = tmp_path / "junk.zip"
     not_a_zip.write_bytes(b"\x80\x04junk")
     with pytest.raises(ConfigError, match="not a readable .zip"):
-        load_agent(not_a_zip, workflow.SpacesOnlyEnv(workflow.expected_spaces(config)))
+        load_agent(not_a_zip, SpacesOnlyEnv(expected_spaces(config)))
 
 
 def test_off_policy_resume_reads_no_pickle(config, distiller, tmp_path):
@@ -176,11 +177,11 @@ def test_off_policy_resume_reads_no_pickle(config, distiller, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- resume = uninterrupted
 def _learn(cfg: LearnConfig, env: DistillationEnv) -> list[dict]:
-    run_dir = workflow.prepare_run_dir(cfg)
-    workflow.claim_run_dir(cfg)
-    workflow.save_config(run_dir / workflow.CONFIG_FILE, dataclasses.replace(cfg, resume=None))
-    agent, done = workflow.make_learner(cfg, env, run_dir)
-    workflow.learn(agent, cfg, run_dir, done, show_progress=False)
+    run_dir = prepare_run_dir(cfg)
+    claim_run_dir(cfg)
+    save_config(run_dir / CONFIG_FILE, dataclasses.replace(cfg, resume=None))
+    agent, done = make_learner(cfg, env, run_dir)
+    learn(agent, cfg, run_dir, done, show_progress=False)
     return read_episodes(run_dir / "episodes.jsonl"), agent
 
 
@@ -242,7 +243,7 @@ KNOBS = [  # (flag, bad value, message); one or more per class of knob
 @pytest.mark.parametrize("flag, value, message", KNOBS, ids=[f"{f}={v}" for f, v, _ in KNOBS])
 def test_every_numeric_knob_is_range_checked_at_parse_time(flag, value, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        workflow.parse_config(LearnConfig, None, [flag, value, "--runs-dir", str(tmp_path)])
+        parse_config(LearnConfig, None, [flag, value, "--runs-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert message in _flat(capsys.readouterr().err)
     assert not list(tmp_path.iterdir())
@@ -250,13 +251,13 @@ def test_every_numeric_knob_is_range_checked_at_parse_time(flag, value, message,
 
 def test_a_bad_knob_in_a_config_file_is_named(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    data = workflow.config_dict(LearnConfig())
+    data = config_dict(LearnConfig())
     data["env"]["backend"]["max_grad_norm"] = -1
     import yaml
 
     cfg.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"DistillerConfig.max_grad_norm=-1 is out of range"):
-        workflow.load_config_file(LearnConfig, cfg)
+        load_config_file(LearnConfig, cfg)
 
 
 @pytest.mark.parametrize("script, extra, value", [
@@ -279,7 +280,7 @@ def small_run(config, tmp_path_factory) -> Path:
     cfg = LearnConfig(env=config, name="small", runs_dir=str(runs), total_episodes=2, rollout_episodes=1,
                       checkpoint_every=1, eval_seeds=(100,), baselines=("kd-t0",))
     path = runs / "small.yaml"
-    workflow.save_config(path, cfg)
+    save_config(path, cfg)
     proc = run_script("learn_policy.py", "--config", path, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return runs / "small"
@@ -362,7 +363,7 @@ def test_ctrl_c_during_learning_prints_the_resume_command(config, tmp_path):
     cfg = LearnConfig(env=config, name="ctrlc", runs_dir=str(tmp_path), total_episodes=40, rollout_episodes=2,
                       checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",))
     path = tmp_path / "c.yaml"
-    workflow.save_config(path, cfg)
+    save_config(path, cfg)
     run = tmp_path / "ctrlc"
     cmd = [sys.executable, str(REPO / "experiments" / "learn_policy.py"), "--config", str(path), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from agents import ScheduleController, evaluate_controller, menu_plans
-from agents.search import format_search, required_branch_cache, tree_search, write_search
+from agents.cli import save_config
+from agents.configs import LearnConfig
+from agents.search import (
+    format_search,
+    required_branch_cache,
+    tree_search,
+    write_search,
+)
 from envs import DistillationEnv, tiny_config
 from kd_backend.errors import ConfigError
 from kd_backend.pipeline import build_distiller
@@ -104,11 +111,9 @@ def test_search_refuses_what_would_break_it(config, distiller):
 
 
 def test_search_schedule_script_writes_a_schedule_compare_reads(config, tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))
-    import workflow
 
     cfg_path = tmp_path / "tiny.yaml"
-    workflow.save_config(cfg_path, workflow.LearnConfig(env=config))  # a learn config, as the shipped ones
+    save_config(cfg_path, LearnConfig(env=config))  # a learn config, as the shipped ones
     out = tmp_path / "search"
     cmd = [sys.executable, str(REPO / "experiments" / "search_schedule.py"), "--config", str(cfg_path),
            "--seeds", "1", "--branch-cache", "0", "--out", str(out)]

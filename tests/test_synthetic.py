@@ -11,7 +11,12 @@ from sklearn.linear_model import LogisticRegression
 
 from kd_backend.data import load_task
 from kd_backend.errors import ConfigError
-from kd_backend.synthetic import SyntheticConfig, make_synthetic_task, positive_probability, rule_score
+from kd_backend.synthetic import (
+    SyntheticConfig,
+    make_synthetic_task,
+    positive_probability,
+    rule_score,
+)
 from kd_backend.tasks import SYNTHETIC_TASK
 
 

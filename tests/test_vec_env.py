@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.configs import LearnConfig
+from agents.learning import agent_overrides
+from agents.spaces import build_env
 from agents.vec_env import make_vec_env
 from envs import tiny_config
 from kd_backend.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
 
-import workflow  # noqa: E402
-from workflow import LearnConfig  # noqa: E402
 
 STEPS = 3
 
@@ -28,7 +28,7 @@ def config(tmp_path_factory):
     path = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"
     path.mkdir(exist_ok=True)
     cfg = tiny_config(cache_dir=str(path))
-    workflow.build_env(cfg)  # teachers cached before other processes start
+    build_env(cfg)  # teachers cached before other processes start
     return cfg
 
 
@@ -55,7 +55,7 @@ def test_learn_config_refuses_budgets_the_envs_cannot_split():
     with pytest.raises(ConfigError, match="vec_env"):
         LearnConfig(vec_env="threads")  # type: ignore[arg-type]
     cfg = LearnConfig(total_episodes=8, rollout_episodes=4, n_envs=2)
-    assert workflow.agent_overrides(cfg, STEPS)["n_steps"] == 2 * STEPS  # per env: 4 episodes over 2 envs
+    assert agent_overrides(cfg, STEPS)["n_steps"] == 2 * STEPS  # per env: 4 episodes over 2 envs
 
 
 def test_missing_ray_names_the_extra(monkeypatch):

@@ -17,18 +17,18 @@ import pytest
 import yaml
 
 from agents import ScheduleController, read_episodes
+from agents.cli import load_config_file, parse_config, save_config
+from agents.configs import CompareConfig, LearnConfig, ReplayConfig
+from agents.controllers import build_controllers, load_policy
+from agents.spaces import check_algorithm, configure_threads, expected_spaces
+from agents.vec_env import SeededEpisodes
+from agents.workflows import compare, learn_policy, replay
 from envs import tiny_config
 from kd_backend.errors import ConfigError
+from kd_backend.pipeline import load_task_data
 from kd_backend.reporting import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-
-import compare  # noqa: E402
-import learn_policy  # noqa: E402
-import replay_schedule  # noqa: E402
-import workflow  # noqa: E402
-from workflow import CompareConfig, LearnConfig, ReplayConfig  # noqa: E402
 
 EVAL_SEEDS = (100, 101)
 BASELINES = ("kd-t0", "paper-combined", "random")
@@ -57,7 +57,7 @@ def tiny_yaml(tmp_path_factory) -> Path:
         rollout_episodes=2, checkpoint_every=2, eval_seeds=EVAL_SEEDS, baselines=BASELINES,
     )
     path = tmp_path_factory.mktemp("configs") / "tiny.yaml"
-    workflow.save_config(path, cfg)
+    save_config(path, cfg)
     return path
 
 
@@ -74,11 +74,11 @@ def test_learn_writes_every_artifact(learned, tiny_yaml):
     assert config["total_episodes"] == 4 and config["resume"] is None and config["algo"] == "ppo"
     cache_dir = yaml.safe_load(tiny_yaml.read_text())["env"]["backend"]["cache_dir"]
     assert config["env"]["backend"]["cache_dir"] == cache_dir
-    resolved = workflow.load_config_file(LearnConfig, learned / "config.yaml")  # the saved config reads back
+    resolved = load_config_file(LearnConfig, learned / "config.yaml")  # the saved config reads back
     assert resolved.env == tiny_config(cache_dir=config["env"]["backend"]["cache_dir"])
 
-    spaces = workflow.expected_spaces(resolved.env)
-    agent = workflow.load_policy(learned / "policy.zip", spaces)
+    spaces = expected_spaces(resolved.env)
+    agent = load_policy(learned / "policy.zip", spaces)
     assert agent.dynakd_algo == "ppo" and agent.num_timesteps == 4 * STEPS
 
     lines = read_episodes(learned / "episodes.jsonl")
@@ -111,6 +111,16 @@ def test_learn_writes_every_artifact(learned, tiny_yaml):
     assert [v for _, v in scalars["episode/final_dev_score"]] == pytest.approx(dev, abs=1e-6)  # float32 in TB
     assert len(scalars["plan/fraction"]) == 4 * STEPS and "plan/teacher_weight/t1_tiny-2x128" in scalars
     assert "train/value_loss" in scalars  # SB3's own scalars: the policy was updated
+    assert "train/loss_kd" in scalars and "step/compute" in scalars  # one tag schema (kd_backend.reporting)
+    assert scalars["learned-ppo/dev_score"][0][1] == pytest.approx(float(rows["learned-ppo"]["dev_score"]), abs=1e-6)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hparams = EventAccumulator(str(learned / "tensorboard" / "hparams"))
+    hparams.Reload()
+    assert hparams.PluginTagToContent("hparams")  # the HParams dashboard's record: settings + final metrics
+    layout = EventAccumulator(str(learned / "tensorboard" / "dynakd"))
+    layout.Reload()
+    assert layout.PluginTagToContent("custom_scalars")  # the dashboard opens grouped
 
 
 def test_replay_policy_and_schedule(learned, tmp_path):
@@ -130,12 +140,12 @@ def test_replay_policy_and_schedule(learned, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out / "student")
     assert model.config.num_labels == 2
     assert model(**tokenizer(["a fine film"], return_tensors="pt")).logits.shape == (1, 2)
-    labels = workflow.load_task_data(workflow.load_config_file(LearnConfig, learned / "config.yaml").env.backend).spec.label_names
+    labels = load_task_data(load_config_file(LearnConfig, learned / "config.yaml").env.backend).spec.label_names
     assert list(model.config.id2label.values()) == list(labels)  # the task's names, not LABEL_0 / LABEL_1
     card = (out / "student" / "README.md").read_text()
     assert "closed loop" in card and "## Schedule applied" in card and card.count("\n| ") >= STEPS + 4
     scalars = read_scalars(out)
-    assert len(scalars["step/ctrl_score"]) == STEPS and scalars["final/dev_score"][0][1] == pytest.approx(
+    assert len(scalars["step/ctrl_score"]) == STEPS and scalars["episode/final_dev_score"][0][1] == pytest.approx(
         metrics["final_dev_score"])
 
     # Open loop: the recorded schedule is applied as written, on another seed.
@@ -209,20 +219,20 @@ def test_resume_after_kill_neither_loses_nor_repeats_episodes(tiny_yaml, tmp_pat
     assert [t for t, _ in scalars["step/reward"]] == list(range(1, total * STEPS + 1))
     dev = [line["dev_score"] for line in lines if line["done"]]
     assert scalars["episode/final_dev_score"] == [(e, pytest.approx(d, abs=1e-6)) for e, d in enumerate(dev)]
-    policy = workflow.load_policy(run / "policy.zip", workflow.expected_spaces(tiny_config()))
+    policy = load_policy(run / "policy.zip", expected_spaces(tiny_config()))
     assert policy.num_timesteps == total * STEPS
     assert (run / "comparison.csv").exists() and (run / "best_schedule.json").exists()
 
 
 # ------------------------------------------------------------------------------------------ bad input
 def parse(cls, *argv):
-    return workflow.parse_config(cls, None, [str(a) for a in argv])
+    return parse_config(cls, None, [str(a) for a in argv])
 
 
 def test_dqn_with_box_is_refused_before_any_work(tiny_yaml, tmp_path):
     cfg = parse(LearnConfig, "--config", tiny_yaml, "--algo", "dqn", "--action-space", "box", "--runs-dir", tmp_path)
     with pytest.raises(ConfigError, match=r"'dqn' cannot act in the Box.*\['ppo', 'a2c', 'sac'\]"):
-        learn_policy.main(cfg)
+        learn_policy(cfg)
     assert not (tmp_path / "tiny").exists()  # nothing was started
     proc = run_script("learn_policy.py", "--config", tiny_yaml, "--algo", "dqn", "--action-space", "box",
                       "--runs-dir", tmp_path)
@@ -233,25 +243,24 @@ def test_dqn_with_box_is_refused_before_any_work(tiny_yaml, tmp_path):
 def test_mismatched_policy_is_refused_before_any_work(learned, tmp_path):
     base = ("--config", learned / "config.yaml", "--policy", learned / "policy.zip", "--out", tmp_path / "x")
     with pytest.raises(ConfigError, match="action space Discrete"):
-        replay_schedule.main(parse(ReplayConfig, *base, "--menu", "kd-t0", "kd-t1"))
+        replay(parse(ReplayConfig, *base, "--menu", "kd-t0", "kd-t1"))
     with pytest.raises(ConfigError, match="observation space"):
-        replay_schedule.main(parse(ReplayConfig, *base, "--teachers", "tiny-2x128"))
+        replay(parse(ReplayConfig, *base, "--teachers", "tiny-2x128"))
     # the same spaces with another meaning: a reordered menu would replay other plans without error
-    menu = workflow.expected_spaces(workflow.load_config_file(LearnConfig, learned / "config.yaml").env).meaning["actions"]
+    menu = expected_spaces(load_config_file(LearnConfig, learned / "config.yaml").env).meaning["actions"]
     with pytest.raises(ConfigError, match=rf"actions 0 means '{menu[0]}' for the policy but '{menu[-1]}' here"):
-        replay_schedule.main(parse(ReplayConfig, *base, "--menu", *reversed(menu)))
+        replay(parse(ReplayConfig, *base, "--menu", *reversed(menu)))
     with pytest.raises(ConfigError, match="does not exist"):
-        replay_schedule.main(parse(ReplayConfig, "--policy", tmp_path / "missing.zip"))
+        replay(parse(ReplayConfig, "--policy", tmp_path / "missing.zip"))
     with pytest.raises(ConfigError, match="exactly one of --policy"):
-        replay_schedule.main(parse(ReplayConfig, "--config", learned / "config.yaml"))
+        replay(parse(ReplayConfig, "--config", learned / "config.yaml"))
     with pytest.raises(ConfigError, match="unknown controller 'kd-t7'"):
-        compare.main(parse(CompareConfig, "--config", learned / "config.yaml", "--controllers", "kd-t0", "kd-t7"))
+        compare(parse(CompareConfig, "--config", learned / "config.yaml", "--controllers", "kd-t0", "kd-t7"))
     assert not (tmp_path / "x").exists()
 
 
 def test_on_policy_budget_must_fill_whole_rollouts():
     # PPO learns from rollouts of rollout_episodes whole episodes: a remainder would never be learned from.
-    LearnConfig = workflow.LearnConfig
     with pytest.raises(ConfigError, match=r"total_episodes=7 is not a multiple of the 2 episodes PPO.*--total-episodes 6 or 8"):
         LearnConfig(total_episodes=7, rollout_episodes=2)
     with pytest.raises(ConfigError, match=r"the 4 episodes PPO.*--total-episodes 4$"):
@@ -276,7 +285,7 @@ def test_malformed_schedule_is_refused_before_any_work(tiny_yaml, tmp_path, cont
     path.write_text(content)
     cfg = parse(ReplayConfig, "--config", tiny_yaml, "--schedule", path, "--out", tmp_path / "out")
     with pytest.raises(ConfigError, match=match):
-        replay_schedule.main(cfg)
+        replay(cfg)
     assert not (tmp_path / "out").exists()
 
 
@@ -319,20 +328,20 @@ def test_boolean_flags_are_switches(tiny_yaml):
 
 def test_shipped_configs():
     configs = REPO / "experiments" / "configs"
-    assert workflow.load_config_file(LearnConfig, configs / "default.yaml") == LearnConfig()  # = no arguments
-    sst2 = workflow.load_config_file(LearnConfig, configs / "sst2_cpu.yaml")
+    assert load_config_file(LearnConfig, configs / "default.yaml") == LearnConfig()  # = no arguments
+    sst2 = load_config_file(LearnConfig, configs / "sst2_cpu.yaml")
     b = sst2.env.backend
     assert b.task == "glue/sst2" and b.data_dir == "../shared/data/glue" and b.train_limit
     assert b.teachers == ("tiny-2x128", "tiny-4x256") and b.student.startswith("tiny-")
-    paper = workflow.load_config_file(LearnConfig, configs / "gpu_paper.yaml")
+    paper = load_config_file(LearnConfig, configs / "gpu_paper.yaml")
     b = paper.env.backend
     paper_setting = (b.student_init, b.student_layers, b.epochs, b.lr, b.batch_size, b.max_seq_length)
     assert paper_setting == ("first", 6, 3, 2e-5, 32, 128)
     assert len(b.teachers) == 2 and paper.env.temperature == 1.0 and b.device == "cuda"
     for cfg in (LearnConfig(), sst2, paper):  # the spaces are known without building anything
-        spaces = workflow.expected_spaces(cfg.env)
-        workflow.check_algorithm(cfg.algo, spaces)
-        assert set(workflow.build_controllers(cfg.baselines, cfg.env, spaces)) == set(cfg.baselines)
+        spaces = expected_spaces(cfg.env)
+        check_algorithm(cfg.algo, spaces)
+        assert set(build_controllers(cfg.baselines, cfg.env, spaces)) == set(cfg.baselines)
 
 
 def test_threads_default_to_one_for_tiny_cpu_students():
@@ -340,8 +349,8 @@ def test_threads_default_to_one_for_tiny_cpu_students():
 
     before = torch.get_num_threads()
     try:
-        assert workflow.configure_threads(None, tiny_config().backend) == 1
-        assert workflow.configure_threads(2, tiny_config().backend) == 2
+        assert configure_threads(None, tiny_config().backend) == 1
+        assert configure_threads(2, tiny_config().backend) == 2
     finally:
         torch.set_num_threads(before)
 
@@ -361,18 +370,18 @@ def test_seed_pool_cycles_training_seeds_and_resumes_in_step():
             return self.observation_space.sample(), {}
 
     env = Recorder()
-    wrapped = workflow.SeededEpisodes(env, first_seed=100, pool=3, base_seed=100)
+    wrapped = SeededEpisodes(env, first_seed=100, pool=3, base_seed=100)
     for _ in range(7):
         wrapped.reset(seed=12345)  # SB3's own seed is ignored
     assert env.seeds == [100, 101, 102, 100, 101, 102, 100]
-    resumed = workflow.SeededEpisodes(Recorder(), first_seed=107, pool=3, base_seed=100)  # after 7 episodes
+    resumed = SeededEpisodes(Recorder(), first_seed=107, pool=3, base_seed=100)  # after 7 episodes
     assert resumed.seed_of(resumed.next_seed) == 101  # episode 7 of the uninterrupted run
-    two = [workflow.SeededEpisodes(Recorder(), first_seed=100 + k, stride=2, pool=3, base_seed=100) for k in range(2)]
+    two = [SeededEpisodes(Recorder(), first_seed=100 + k, stride=2, pool=3, base_seed=100) for k in range(2)]
     for _ in range(3):
         for w in two:
             w.reset()
     assert [w.env.seeds for w in two] == [[100, 102, 101], [101, 100, 102]]  # episodes 0..5 over 2 envs
-    assert workflow.SeededEpisodes(Recorder(), first_seed=9).seed_of(9) == 9  # no pool: seed + i
+    assert SeededEpisodes(Recorder(), first_seed=9).seed_of(9) == 9  # no pool: seed + i
     with pytest.raises(ConfigError, match="seed_pool"):
         LearnConfig(seed_pool=0)
 
@@ -387,9 +396,9 @@ def test_dev_never_steers_learning(tiny_yaml, tmp_path):
         runs = tmp_path / flag.strip("-")
         cfg = parse(LearnConfig, "--config", tiny_yaml, flag, "--runs-dir", runs, "--total-episodes", "2",
                     "--baselines", "kd-t0", "--eval-seeds", "100", "--no-progress")
-        learn_policy.main(cfg)
+        learn_policy(cfg)
         lines = [json.loads(line) for line in (runs / "tiny" / "episodes.jsonl").read_text().splitlines()]
         assert any(line.get("dev_score") is not None for line in lines) == (flag == "--report-dev")
-        policies[flag] = workflow.load_policy(runs / "tiny" / "policy.zip", workflow.expected_spaces(cfg.env))
+        policies[flag] = load_policy(runs / "tiny" / "policy.zip", expected_spaces(cfg.env))
     a, b = (p.policy.state_dict() for p in policies.values())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

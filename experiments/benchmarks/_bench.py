@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared workflow
-
-from kd_backend.io import atomic_write_json  # noqa: E402
+from kd_backend.io import atomic_write_json
 
 logging.basicConfig(level=logging.WARNING)
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Annotated
 
 import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
 from kd_backend.pipeline import BackendConfig, build_distiller, load_task_data
 from kd_backend.plan import EpochPlan
 
@@ -97,4 +98,4 @@ def run(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)

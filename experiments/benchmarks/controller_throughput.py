@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
+from agents.configs import default_env
 from envs import DistillationEnv, EnvConfig
-from workflow import default_env
 
 
 @dataclass(frozen=True)
@@ -108,4 +108,4 @@ def run(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)

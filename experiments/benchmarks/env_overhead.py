@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
+from agents.configs import default_env
 from envs import DistillationEnv, EnvConfig
-from workflow import default_env
 from kd_backend.plan import EpochPlan
 
 
@@ -72,4 +72,4 @@ def run(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)

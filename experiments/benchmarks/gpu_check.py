@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
 from kd_backend.data import load_task
 from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.models import build_model
@@ -114,4 +114,4 @@ def run(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)

@@ -24,13 +24,18 @@ from typing import Annotated
 import numpy as np
 import tyro
 import yaml
+from _bench import print_table, set_threads, write_json  # noqa: I001
 from scipy.stats import spearmanr
 
-from _bench import print_table, set_threads, write_json  # noqa: I001
-from common import overlay_config
+from agents.cli import overlay_config, run_main
 from kd_backend.data import TaskData, load_task, select_ctrl
 from kd_backend.distiller import Distiller
-from kd_backend.pipeline import BackendConfig, build_distiller, build_student, load_task_data
+from kd_backend.pipeline import (
+    BackendConfig,
+    build_distiller,
+    build_student,
+    load_task_data,
+)
 from kd_backend.plan import EpochPlan
 
 
@@ -165,4 +170,4 @@ def parse(argv: list[str] | None = None) -> Args:
 
 
 if __name__ == "__main__":
-    main(parse())
+    run_main(main, parse)

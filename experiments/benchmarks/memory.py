@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Annotated
 
 import tyro
-
 from _bench import print_table, write_json  # noqa: I001
+
+from agents.cli import cli
 from kd_backend.pipeline import BackendConfig, build_distiller
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,4 +94,4 @@ def run(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
 from kd_backend.distiller import Distiller
 from kd_backend.models import load_pretrained
 from kd_backend.pipeline import BackendConfig, build_student, load_task_data
@@ -134,4 +134,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli(main, Args, __doc__)

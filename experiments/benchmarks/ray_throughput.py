@@ -22,12 +22,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import tyro
-
 from _bench import print_table, set_threads, write_json  # noqa: I001
+
+from agents.cli import cli
+from agents.configs import default_env
 from agents.vec_env import EnvFactory
 from envs import EnvConfig
-from workflow import default_env
 
 
 @dataclass(frozen=True)
@@ -147,4 +147,4 @@ def run(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    cli(run, Args, __doc__)
