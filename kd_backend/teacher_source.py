@@ -94,7 +94,7 @@ class OnlineTeachers:
         batch = move_batch(enc.collate(host, self.pad_to), self.device)
         with torch.no_grad(), self.autocast():
             logits, cls = forward_logits_cls(model, batch, self.layers[k] if use_hidden else [])
-        real, padded = enc.num_tokens(host, self.pad_to)
+        _, padded = enc.num_tokens(host, self.pad_to)
         # Hidden states at the cache's precision (fp16), so online and cached runs compute the same loss.
         return TeacherBatch(
             logits=logits.float(),

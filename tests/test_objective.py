@@ -16,7 +16,13 @@ import kd_backend.distiller as distiller_module
 from kd_backend.data import load_task
 from kd_backend.distiller import Distiller, DistillerConfig, Teacher
 from kd_backend.models import build_model
-from kd_backend.objective import TeacherBatch, aligned_student_hidden, combine_terms, kd_objective, selection_denominator
+from kd_backend.objective import (
+    TeacherBatch,
+    aligned_student_hidden,
+    combine_terms,
+    kd_objective,
+    selection_denominator,
+)
 from kd_backend.plan import EpochPlan
 from kd_backend.synthetic import SyntheticConfig
 from kd_backend.teacher_source import CachedTeachers, OnlineTeachers
@@ -131,7 +137,7 @@ def test_online_rows_give_exactly_the_cached_result():
     online = [
         TeacherBatch(c.logits[[k]], c.hidden[[k]], hard[[k], k], rows=torch.tensor([k])) for k, c in enumerate(cached)
     ]
-    kw = dict(batch_size=3, temperature=2.0, student_hidden=student_hidden, hidden_layers=layers, projections=projections)
+    kw = {"batch_size": 3, "temperature": 2.0, "student_hidden": student_hidden, "hidden_layers": layers, "projections": projections}
     a = kd_objective(student, cached, _ones(2), _ones(2), **kw)
     b = kd_objective(student, online, _ones(2), _ones(2), **kw)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -205,7 +211,8 @@ def setup():
 
 def _distiller(setup, cache_dir, **overrides) -> Distiller:
     task, tokenizer, teachers = setup
-    cfg = DistillerConfig(**{**dict(epochs=1, batch_size=16, eval_batch_size=64, cache_dir=str(cache_dir), device="cpu"), **overrides})
+    settings = {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "cache_dir": str(cache_dir), "device": "cpu"}
+    cfg = DistillerConfig(**{**settings, **overrides})
     return Distiller(task, lambda seed: build_model("tiny-1x64", 2, len(tokenizer), seed=seed), tokenizer, teachers, cfg)
 
 
