@@ -24,18 +24,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kd_backend.errors import ConfigError, DataError
+from kd_backend.splits import UNLABELLED, TextSplit  # noqa: F401 (UNLABELLED: re-exported, data's public name)
+from kd_backend.synthetic import SyntheticConfig, make_synthetic_task, make_synthetic_transfer
 from kd_backend.tasks import GLUE_TASKS, SYNTHETIC_TASK, TaskSpec, get_task_spec, glue_key
 
 if TYPE_CHECKING:
     import datasets
 
-    from kd_backend.synthetic import SyntheticConfig
-
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "ctrl", "dev")
-UNLABELLED = -1
-"""The label of a training row without a gold label (class tasks; regression uses NaN)."""
 """The splits of every :class:`TaskData`."""
 CUSTOM_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 """File types :func:`load_task` reads as custom data."""
@@ -49,115 +47,6 @@ TEXT_COLUMN_CANDIDATES = (
 )
 """Text columns tried, in this order, when a custom file is loaded without ``text_columns``."""
 HUB_DATASET = "nyu-mll/glue"
-
-
-def _hash_texts(h: Any, texts: tuple[str, ...]) -> None:
-    for text in texts:
-        raw = text.encode("utf-8")
-        h.update(len(raw).to_bytes(8, "little"))
-        h.update(raw)
-
-
-@dataclass(frozen=True, eq=False)
-class TextSplit:
-    """One split of a task: texts and gold labels, immutable. Equal splits have equal fingerprints."""
-
-    text_a: tuple[str, ...]
-    """First (or only) text of each instance."""
-    text_b: tuple[str, ...] | None
-    """Second text of each instance for sentence-pair tasks; None for single sentences."""
-    labels: np.ndarray
-    """Gold labels, shape ``(N,)``: int64 class ids, or float32 for regression. Read-only."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "text_a", tuple(self.text_a))
-        if self.text_b is not None:
-            object.__setattr__(self, "text_b", tuple(self.text_b))
-        for name in ("text_a", "text_b"):
-            texts = getattr(self, name)
-            if texts is not None and not all(isinstance(t, str) for t in texts):
-                bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
-                raise DataError(f"TextSplit.{name}[{bad}]={texts[bad]!r} is not a string")
-        labels = np.asarray(self.labels)
-        if np.issubdtype(labels.dtype, np.integer):
-            labels = labels.astype(np.int64)
-        elif np.issubdtype(labels.dtype, np.floating):
-            labels = labels.astype(np.float32)
-        else:
-            raise DataError(f"TextSplit.labels has dtype {labels.dtype}; use integer class ids or floats (regression)")
-        if labels.shape != (len(self.text_a),):
-            raise DataError(
-                f"TextSplit.labels has shape {labels.shape} but there are {len(self.text_a)} texts; "
-                "pass one label per instance"
-            )
-        if self.text_b is not None and len(self.text_b) != len(self.text_a):
-            raise DataError(f"TextSplit has {len(self.text_a)} text_a but {len(self.text_b)} text_b; they must pair up")
-        labels = labels.copy()
-        labels.setflags(write=False)
-        object.__setattr__(self, "labels", labels)
-
-    def __len__(self) -> int:
-        return len(self.text_a)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TextSplit) and self.fingerprint == other.fingerprint
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint)
-
-    @property
-    def is_pair(self) -> bool:
-        """Whether instances are sentence pairs."""
-        return self.text_b is not None
-
-    @property
-    def is_regression(self) -> bool:
-        """Whether the labels are real numbers."""
-        return self.labels.dtype == np.float32
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """SHA-256 hex digest of the texts and labels (computed once); keys caches of model outputs."""
-        h = hashlib.sha256()
-        _hash_texts(h, self.text_a)
-        h.update(b"|b" if self.text_b is not None else b"|-")
-        if self.text_b is not None:
-            _hash_texts(h, self.text_b)
-        h.update(self.labels.dtype.str.encode())
-        h.update(np.ascontiguousarray(self.labels).tobytes())
-        return h.hexdigest()
-
-    @property
-    def labelled(self) -> np.ndarray:
-        """Which instances have a gold label, shape ``(N,)`` bool: unlabelled transfer rows carry
-        :data:`UNLABELLED` (class tasks) or NaN (regression)."""
-        if self.is_regression:
-            return np.isfinite(self.labels)
-        return self.labels != UNLABELLED
-
-    def unlabelled(self) -> TextSplit:
-        """The same texts with every gold label removed (a transfer set for KD)."""
-        fill = np.nan if self.is_regression else UNLABELLED
-        return TextSplit(self.text_a, self.text_b, np.full(len(self), fill, dtype=self.labels.dtype))
-
-    def concat(self, other: TextSplit) -> TextSplit:
-        """This split followed by ``other`` (same text columns and label kind)."""
-        if other.is_pair != self.is_pair or other.is_regression != self.is_regression:
-            raise DataError("TextSplit.concat: the splits differ in text columns or label kind")
-        return TextSplit(
-            self.text_a + other.text_a,
-            None if self.text_b is None else self.text_b + other.text_b,
-            np.concatenate([self.labels, other.labels]),
-        )
-
-    def select(self, indices: np.ndarray | list[int]) -> TextSplit:
-        """The instances at ``indices``, in that order."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return TextSplit(
-            text_a=tuple(self.text_a[i] for i in idx),
-            text_b=None if self.text_b is None else tuple(self.text_b[i] for i in idx),
-            labels=self.labels[idx],
-        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -757,8 +646,6 @@ def load_task(
         spec = GLUE_TASKS[key]
         train, dev = _load_glue_local(key, Path(data_dir).expanduser()) if data_dir is not None else _load_glue_hub(key)
     elif name.lower() == SYNTHETIC_TASK.name:
-        from kd_backend.synthetic import SyntheticConfig, make_synthetic_task  # synthetic imports TextSplit from here
-
         spec, train, dev = make_synthetic_task(synthetic or SyntheticConfig(seed=seed))
     else:
         if train_file is None:
@@ -791,8 +678,6 @@ def load_task(
         train = train.select(keep)
     if transfer:
         if key is None and name.lower() == SYNTHETIC_TASK.name:
-            from kd_backend.synthetic import SyntheticConfig, make_synthetic_transfer
-
             pool = make_synthetic_transfer(synthetic or SyntheticConfig(seed=seed), transfer)
         elif unused is not None and len(unused) >= transfer:
             pool = unused.select(np.sort(np.random.default_rng([seed, 2]).choice(len(unused), transfer, replace=False)))

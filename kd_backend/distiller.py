@@ -38,7 +38,9 @@ from kd_backend.mechanisms import objective_weights, teacher_weights
 from kd_backend.metrics import compute_metrics, main_score
 from kd_backend.models import export_model, forward_flops, hidden_size, model_fingerprint, model_size, num_layers
 from kd_backend.models import resolve_layer_map
+from kd_backend.objective import TeacherBatch, combine_terms, kd_objective
 from kd_backend.plan import EpochPlan, EpochStats, EvalStats
+from kd_backend.teacher_source import CachedTeachers, OnlineTeachers, TeacherSource
 from kd_backend.tokenization import encode_texts, tokenizer_fingerprint
 from kd_backend.uncertainty import normalized_entropy, select_most_uncertain, uncertainty_scores
 
@@ -274,6 +276,14 @@ class Distiller:
             for split in SPLITS:
                 if self.config.teacher_source == "cache" or split != "train":
                     self._teacher_outputs(k, split)
+        self._teacher_source: TeacherSource
+        if self.config.teacher_source == "cache":
+            self._teacher_source = CachedTeachers([self._teacher_out[k]["train"] for k in range(len(self.teachers))])
+        else:
+            self._teacher_source = OnlineTeachers(
+                [t.model for t in self.teachers], [e["train"] for e in self._teacher_enc],
+                [[t for _, t in m] for m in self._layer_maps], self.device, self._pad_to, self._autocast,
+            )
 
     def _teacher_outputs(self, k: int, split: str) -> TeacherOutputs:
         """Outputs of teacher ``k`` on a whole split (cached on disk in cache mode, memoised here)."""
@@ -560,49 +570,30 @@ class Distiller:
                 batch_size=len(sel), device=self.device, check_range=False,
             )
             kd_w_i, hid_w_i = objective_weights(plan.objective, u_sel, len(sel), device=self.device, check_range=False)
-            z = logits[sel]
-            kd_i = z.new_zeros(len(sel))
-            hid_i = z.new_zeros(len(sel))
-            cached = self.config.teacher_source == "cache"
+            ids = idx_t[sel]
+            targets: list[TeacherBatch | None] = []
             for k in range(self.num_teachers):
                 if plan.teacher_mode == "fixed" and plan.teacher_weights is not None and plan.teacher_weights[k] == 0:
-                    continue  # known on the host: a teacher with fixed weight 0 is never read
-                if cached:
-                    # Cached outputs cost nothing to read: take every row (weight 0 where teacher k
-                    # is not adopted) instead of finding the adopted rows, a host sync on CUDA.
-                    rows = None
-                    t_logits, t_hidden = self._cached_teacher_batch(k, idx_t[sel], use_hidden)
-                    w = weights[:, k]
-                else:
-                    rows = torch.nonzero(weights[:, k] > 0).flatten()
-                    if len(rows) == 0:
-                        continue
-                    t_logits, t_hidden = self._online_teacher_batch(k, idx[sel[rows].cpu().numpy()], use_hidden, acc)
-                    w = weights[rows, k]
-                z_k = z if rows is None else z[rows]
-                if plan.kd_weight > 0:
-                    if self.spec.is_regression or plan.kd_loss == "mse":
-                        term = losses.kd_mse_loss(z_k, t_logits)
-                    else:
-                        term = losses.kd_kl_loss(z_k, t_logits, plan.temperature)
-                    kd_i = kd_i + w * term if rows is None else kd_i.index_add(0, rows, w * term)
-                if use_hidden:
-                    s = s_cls[sel if rows is None else sel[rows]][:, self._student_pos[k]].float()
-                    if self._proj_shapes[k] is not None:
-                        s = torch.stack([p(s[:, j]) for j, p in enumerate(self.projections[k])], dim=1)
-                    term = w * losses.hidden_mse_loss(s, t_hidden.float())
-                    hid_i = hid_i + term if rows is None else hid_i.index_add(0, rows, term)
-            # Averaged over the selected instances (the paper) or over the batch (each keeps its full-KD weight).
-            denom = len(idx) if plan.selection_norm == "batch" else len(sel)
-            kd_mean = (kd_w_i * kd_i).sum() / denom
-            hid_mean = (hid_w_i * hid_i).sum() / denom
+                    targets.append(None)  # known on the host: a teacher with fixed weight 0 is never read
+                    continue
+                target = self._teacher_source.batch(k, ids, weights[:, k], use_hidden)
+                if target is not None:
+                    acc.teacher_forwards += target.forwards
+                    acc.teacher_flops += target.flops
+                targets.append(target)
+            kd_mean, hid_mean = kd_objective(
+                logits[sel], targets, kd_w_i, hid_w_i,
+                batch_size=len(idx), selection_norm=plan.selection_norm,
+                kd_loss="mse" if self.spec.is_regression else plan.kd_loss, temperature=plan.temperature,
+                with_kd=plan.kd_weight > 0,
+                student_hidden=s_cls[sel] if use_hidden else None, hidden_layers=self._student_pos,
+                projections=[None if shape is None else proj for shape, proj in zip(self._proj_shapes, self.projections)],
+            )
             acc.add_weights(weights, kd_w_i, hid_w_i)
-        total = plan.ce_weight * ce_mean + plan.kd_weight * kd_mean + plan.hidden_weight * hid_mean
-        terms = {
-            "ce": ce_mean.detach(), "kd": kd_mean.detach(), "hidden": hid_mean.detach(),
-            "ce_w": plan.ce_weight * ce_mean.detach(), "kd_w": plan.kd_weight * kd_mean.detach(),
-            "hidden_w": plan.hidden_weight * hid_mean.detach(), "total": total.detach(),
-        }
+        total, terms = combine_terms(
+            ce_mean, kd_mean, hid_mean,
+            ce_weight=plan.ce_weight, kd_weight=plan.kd_weight, hidden_weight=plan.hidden_weight,
+        )
         self._check_finite(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -643,29 +634,6 @@ class Distiller:
             f"non-finite loss at {where} (epoch {self.epoch}): {values}; lower the learning rate "
             "(DistillerConfig.lr), check the teacher outputs, or raise warmup_ratio"
         )
-
-    def _cached_teacher_batch(
-        self, k: int, idx: torch.Tensor, use_hidden: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher ``k``'s cached logits (and mapped [CLS] states) for training instances ``idx`` (on the device)."""
-        out = self._teacher_out[k]["train"]
-        hidden = out.hidden[idx] if use_hidden and out.hidden is not None else None
-        return out.logits[idx], hidden
-
-    def _online_teacher_batch(
-        self, k: int, idx: np.ndarray, use_hidden: bool, acc: _Accumulator
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher ``k``'s logits (and mapped [CLS] states) for training instances ``idx``, by a forward pass."""
-        teacher, enc = self.teachers[k], self._teacher_enc[k]["train"]
-        batch = move_batch(enc.collate(idx, self._pad_to), self.device)
-        layers = [t for _, t in self._layer_maps[k]] if use_hidden else []
-        with torch.no_grad(), self._autocast():
-            logits, cls = forward_logits_cls(teacher.model, batch, layers)
-        acc.teacher_forwards += len(idx)
-        real, padded = enc.num_tokens(idx, self._pad_to)
-        acc.teacher_flops += forward_flops(teacher.model, padded, len(idx), padded / len(idx))
-        # Hidden states at the cache's precision (fp16), so online and cached runs compute the same loss.
-        return logits.float(), None if cls is None else cls.to(torch.float16)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

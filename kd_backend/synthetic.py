@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kd_backend.data import TextSplit
 from kd_backend.errors import ConfigError
+from kd_backend.splits import TextSplit
 from kd_backend.tasks import SYNTHETIC_TASK, TaskSpec
 
 POSITIVE_WORDS = (
