@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
+from agents.factory import ALGORITHMS, rollout_episodes
 from agents.pbt import PBTSpace
 from agents.vec_env import VEC_ENVS, VecEnvKind
 from envs import EnvConfig
@@ -23,7 +24,7 @@ from kd_backend.errors import ConfigError
 from kd_backend.pipeline import BackendConfig
 from kd_backend.validation import check_float, check_int
 
-Algo = Literal["ppo", "a2c", "dqn", "sac"]
+Algo = Literal["ppo", "a2c", "dqn", "sac"]  # as agents.factory.ALGORITHMS (tyro needs the literal; a test checks)
 PAPER_HEURISTICS = tuple(PAPER_PLANS)  # the paper's heuristics by name (envs.actions, the one plan vocabulary)
 DEFAULT_BASELINES = ("ce-only", "kd-t0", "kd-t1", "kd-mean", "pkd", "frac-0.3-random", "paper-adoption",
                      "paper-combined", "random")
@@ -158,8 +159,8 @@ class LearnConfig:
                 f"{self.n_envs} envs start and end their episodes together; use --total-episodes "
                 f"{-(-self.total_episodes // self.n_envs) * self.n_envs}"
             )
-        if self.algo not in ("ppo", "a2c", "dqn", "sac"):
-            raise ConfigError(f"{owner}.algo={self.algo!r} is not one of ['ppo', 'a2c', 'dqn', 'sac']")
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(f"{owner}.algo={self.algo!r} is not one of {list(ALGORITHMS)}")
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"{owner}.name={self.name!r} must be a plain folder name (no '/')")
         _positive(owner, "total_episodes", self.total_episodes)
@@ -170,7 +171,7 @@ class LearnConfig:
         check_float(owner, "learning_rate", self.learning_rate, 0.0, low_open=True, allow_none=True)
         check_int(owner, "agent_seed", self.agent_seed, minimum=0, maximum=2**32 - 1)
         if self.algo in ("ppo", "a2c"):
-            per_update = self.rollout_episodes or {"ppo": 4, "a2c": 1}[self.algo]  # agents.factory's defaults
+            per_update = self.rollout_episodes or rollout_episodes(self.algo)  # agents.factory's default
             if per_update % self.n_envs:
                 raise ConfigError(
                     f"{owner}.rollout_episodes={per_update} is not a multiple of n_envs={self.n_envs}: each "

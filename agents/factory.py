@@ -93,6 +93,14 @@ def default_hyperparameters(algo: str, length: int) -> dict[str, Any]:
     raise ConfigError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGORITHMS)}")
 
 
+def rollout_episodes(algo: str) -> int:
+    """Whole episodes an on-policy learner (PPO, A2C) collects per update by default (its
+    ``n_steps`` in :func:`default_hyperparameters` divided by the episode length)."""
+    if algo not in ("ppo", "a2c"):
+        raise ConfigError(f"algorithm {algo!r} is off-policy: it learns every step, not per rollout of episodes")
+    return default_hyperparameters(algo, 1)["n_steps"]
+
+
 def make_agent(
     algo: str,
     env: gym.Env | VecEnv,

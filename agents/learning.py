@@ -24,7 +24,7 @@ from agents.callbacks import (
 )
 from agents.cli import flatten, load_config_file
 from agents.configs import CONFIG_FILE, LearnConfig
-from agents.factory import load_agent, make_agent
+from agents.factory import load_agent, make_agent, rollout_episodes
 from agents.spaces import env_meaning
 from agents.storage import load_replay_buffer, load_rng_state
 from agents.vec_env import SeededEpisodes, make_vec_env
@@ -113,7 +113,7 @@ def agent_overrides(config: LearnConfig, episode_length: int) -> dict[str, Any]:
         else:
             overrides["learning_starts"] = steps
     elif n > 1 and config.algo in ("ppo", "a2c"):
-        per_update = {"ppo": 4, "a2c": 1}[config.algo] * episode_length
+        per_update = rollout_episodes(config.algo) * episode_length
         overrides["n_steps"] = per_update // n
     return overrides
 

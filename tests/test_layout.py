@@ -57,3 +57,12 @@ def test_scripts_are_short_recipes_over_the_packages():
         import agents
 
         assert callable(getattr(agents, name))  # the jobs are importable after pip install
+
+
+def test_the_learn_config_takes_the_algorithms_from_the_factory():
+    import typing
+
+    from agents.configs import Algo
+    from agents.factory import ALGORITHMS
+
+    assert set(typing.get_args(Algo)) == set(ALGORITHMS)
