@@ -27,7 +27,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.storage import (
-    META_KEY, dynakd_record, meaning_mismatch, read_policy, restore_counters, restore_variables, space_from_description,
+    META_KEY,
+    dynakd_record,
+    meaning_mismatch,
+    read_policy,
+    restore_counters,
+    restore_variables,
+    space_from_description,
     spaces_equal,
 )
 from kd_backend.errors import ConfigError
