@@ -18,10 +18,11 @@ from envs import (
     observation_names,
     observation_space,
 )
+from kd_backend.config import BackendConfig
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, UnknownTaskError
 from kd_backend.models import PRESETS
-from kd_backend.pipeline import BackendConfig, build_distiller, load_task_data
+from kd_backend.pipeline import build_distiller, load_task_data
 from kd_backend.tasks import get_task_spec
 
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kd_backend.config import BackendConfig
 from kd_backend.errors import ConfigError
-from kd_backend.pipeline import BackendConfig
 from kd_backend.plan import (
     KD_LOSSES,
     SELECTION_RULES,
