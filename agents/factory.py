@@ -129,7 +129,7 @@ def make_agent(
     :param device: torch device of the policy (a 64x64 MLP runs best on CPU).
     :param verbose: SB3 verbosity.
     :param meaning: what the env's actions and observations stand for (menu names, feature names:
-        ``workflow.Spaces.meaning``), saved with the policy and checked by :func:`load_agent`.
+        ``agents.spaces.Spaces.meaning``), saved with the policy and checked by :func:`load_agent`.
     :param overrides: any constructor argument of the algorithm, replacing the default.
     :raises ConfigError: unknown algorithm, or one that cannot act in the env's action space.
     """

@@ -24,7 +24,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,13 +299,22 @@ def check_model_sources(cfg: BackendConfig) -> None:
                 )
 
 
-def build_distiller(cfg: BackendConfig, task: TaskData | None = None) -> Distiller:
-    """Load the task and the teachers (training preset teachers on first use) and build the distiller."""
+def build_distiller(cfg: BackendConfig, task: TaskData | None = None, quiet_epochs: bool = False) -> Distiller:
+    """Load the task and the teachers (training preset teachers on first use) and build the distiller.
+
+    :param task: the loaded task (default: loaded from ``cfg``).
+    :param quiet_epochs: train epochs without progress bars even when ``cfg.progress`` is on (for
+        envs, whose workflows show one bar per episode): teacher fine-tuning and caching, done here,
+        still show theirs.
+    """
     check_model_sources(cfg)
     task = task or load_task_data(cfg)
     teachers = [load_teacher(src, cfg, task) for src in cfg.teachers]
     factory, tokenizer = build_student(cfg, task, teachers)
-    return Distiller(task, factory, tokenizer, teachers=teachers, config=cfg.distiller_config())
+    distiller = Distiller(task, factory, tokenizer, teachers=teachers, config=cfg.distiller_config())
+    if quiet_epochs:  # after construction: the caching above showed its bars
+        distiller.config = replace(distiller.config, progress=False)
+    return distiller
 
 
 def config_dict(cfg: Any) -> Any:
