@@ -9,18 +9,53 @@
 """
 
 from agents.baselines import (
-    Controller, EpisodeRecord, PaperHeuristic, RandomController, ScheduleController, StaticController, StepRecord,
+    Controller,
+    EpisodeRecord,
+    PaperHeuristic,
+    RandomController,
+    ScheduleController,
+    StaticController,
+    StepRecord,
     evaluate_controller,
 )
 from agents.callbacks import EpisodeLogger, read_episodes, truncate_episodes
-from agents.factory import ALGORITHMS, compatible_algorithms, default_hyperparameters, load_agent, make_agent
+from agents.configs import (
+    CompareConfig,
+    LearnConfig,
+    PBTConfig,
+    ReplayConfig,
+    SearchConfig,
+    default_env,
+)
+from agents.factory import (
+    ALGORITHMS,
+    compatible_algorithms,
+    default_hyperparameters,
+    load_agent,
+    make_agent,
+)
 from agents.protocol import (
-    Candidate, ProtocolResult, candidate_schedules, dev_sealed, format_protocol, menu_plans, merge_costs,
-    paired_difference, read_records, reusable_records, run_protocol, write_protocol,
+    Candidate,
+    ProtocolResult,
+    candidate_schedules,
+    dev_sealed,
+    format_protocol,
+    menu_plans,
+    merge_costs,
+    paired_difference,
+    read_records,
+    reusable_records,
+    run_protocol,
+    write_protocol,
 )
 from agents.search import SearchResult, tree_search
-from agents.configs import CompareConfig, LearnConfig, PBTConfig, ReplayConfig, SearchConfig, default_env
-from agents.workflows import compare, learn_policy, pbt_schedule, replay, search_schedule
+from agents.workflows import (
+    compare,
+    learn_policy,
+    pbt_schedule,
+    replay,
+    search_schedule,
+)
 
 __all__ = [
     "ALGORITHMS", "Candidate", "CompareConfig", "Controller", "EpisodeLogger", "EpisodeRecord", "LearnConfig",

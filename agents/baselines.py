@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.actions import paper_plan
+from envs.records import StepInfo
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
 from kd_backend.plan import EpochPlan
@@ -243,13 +244,14 @@ def evaluate_controller(
             start = False
             obs, reward, terminated, truncated, info = env.step(action)
             done = terminated or truncated
+            step = StepInfo.from_info(info)
             record.steps.append(StepRecord(
-                step=info["step"], plan=info["plan"], stats=info["stats"], ctrl_score=info["ctrl"]["score"],
-                reward=float(reward), compute=info["step_compute"],
+                step=step.step, plan=dict(step.plan), stats=dict(step.stats), ctrl_score=step.ctrl_score,
+                reward=float(reward), compute=step.step_compute,
             ))
-        record.final_ctrl_score = info["ctrl"]["score"]
-        record.final_dev_score = info.get("dev_score")
-        record.total_compute = info["compute_total"]
+        record.final_ctrl_score = step.ctrl_score
+        record.final_dev_score = step.dev_score
+        record.total_compute = step.compute_total
         record.episode_return = sum(s.reward for s in record.steps)
         record.wall_time = time.perf_counter() - t0
         records.append(record)

@@ -50,8 +50,14 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.storage import save_replay_buffer, save_rng_state, set_rng_state
+from envs.records import StepInfo, is_step_info
 from kd_backend.io import atomic_write_json, atomic_write_text
-from kd_backend.reporting import episode_scalars, step_scalars, write_layout, write_scalars
+from kd_backend.reporting import (
+    episode_scalars,
+    step_scalars,
+    write_layout,
+    write_scalars,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +167,9 @@ class EpisodeLogger(BaseCallback):
     def _on_step(self) -> bool:
         infos, rewards, dones = self.locals["infos"], self.locals["rewards"], self.locals["dones"]
         for i, info in enumerate(infos):
-            if "plan" not in info:
+            if not is_step_info(info):
                 continue
+            step = StepInfo.from_info(info)
             if i not in self._current:
                 self._current[i], self._next_episode = self._next_episode, self._next_episode + 1
                 self._returns[i] = 0.0
@@ -171,16 +178,16 @@ class EpisodeLogger(BaseCallback):
             self._returns[i] += reward
             done = bool(dones[i])
             line: dict[str, Any] = {
-                "episode": episode, "step": info["step"], "env": i, "timestep": self.num_timesteps,
-                "seed": info["seed"], "reward": reward, "plan": info["plan"], "stats": info["stats"],
-                "ctrl": info["ctrl"], "teacher_weights": info["teacher_weights"], "step_compute": info["step_compute"],
-                "compute_total": info["compute_total"], "done": done,
+                "episode": episode, "step": step.step, "env": i, "timestep": self.num_timesteps,
+                "seed": step.seed, "reward": reward, "plan": dict(step.plan), "stats": dict(step.stats),
+                "ctrl": dict(step.ctrl), "teacher_weights": step.teacher_weights, "step_compute": step.step_compute,
+                "compute_total": step.compute_total, "done": done,
             }
             if done:
-                line.update(final_ctrl_score=info["final_ctrl_score"], dev_score=info.get("dev_score"),
+                line.update(final_ctrl_score=step.final_ctrl_score, dev_score=step.dev_score,
                             episode_return=self._returns[i])
             self._write_line(line)
-            self._write_scalars(line, info["teacher_names"])
+            self._write_scalars(line, list(step.teacher_names))
             if done:
                 self._finish_episode(i, line)
         return True

@@ -20,8 +20,8 @@ from agents.pbt import PBTSpace
 from agents.vec_env import VEC_ENVS, VecEnvKind
 from envs import EnvConfig
 from envs.actions import PAPER_HEURISTICS as PAPER_PLANS
+from kd_backend.config import BackendConfig
 from kd_backend.errors import ConfigError
-from kd_backend.pipeline import BackendConfig
 from kd_backend.validation import check_float, check_int
 
 Algo = Literal["ppo", "a2c", "dqn", "sac"]  # as agents.factory.ALGORITHMS (tyro needs the literal; a test checks)

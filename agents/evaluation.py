@@ -15,7 +15,12 @@ from agents.baselines import EpisodeRecord, ScheduleController, evaluate_control
 from envs import DistillationEnv
 from kd_backend.errors import ConfigError
 from kd_backend.io import save_figure
-from kd_backend.reporting import episode_scalars, step_scalars, write_layout, write_scalars
+from kd_backend.reporting import (
+    episode_scalars,
+    step_scalars,
+    write_layout,
+    write_scalars,
+)
 
 
 def evaluate(

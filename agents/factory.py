@@ -27,7 +27,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.storage import (
-    META_KEY, dynakd_record, meaning_mismatch, read_policy, restore_counters, restore_variables, space_from_description,
+    META_KEY,
+    dynakd_record,
+    meaning_mismatch,
+    read_policy,
+    restore_counters,
+    restore_variables,
+    space_from_description,
     spaces_equal,
 )
 from kd_backend.errors import ConfigError
@@ -123,7 +129,7 @@ def make_agent(
     :param device: torch device of the policy (a 64x64 MLP runs best on CPU).
     :param verbose: SB3 verbosity.
     :param meaning: what the env's actions and observations stand for (menu names, feature names:
-        ``workflow.Spaces.meaning``), saved with the policy and checked by :func:`load_agent`.
+        ``agents.spaces.Spaces.meaning``), saved with the policy and checked by :func:`load_agent`.
     :param overrides: any constructor argument of the algorithm, replacing the default.
     :raises ConfigError: unknown algorithm, or one that cannot act in the env's action space.
     """

@@ -29,6 +29,7 @@ from agents.spaces import env_meaning
 from agents.storage import load_replay_buffer, load_rng_state
 from agents.vec_env import SeededEpisodes, make_vec_env
 from envs import DistillationEnv
+from envs.records import StepInfo, is_step_info
 from kd_backend.errors import ConfigError
 from kd_backend.locking import LOCK_FILE, claim_folder
 from kd_backend.pipeline import config_dict
@@ -229,13 +230,13 @@ class EpisodeProgress(BaseCallback):
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
-            if done and "final_ctrl_score" in info:
+            if done and is_step_info(info) and (step := StepInfo.from_info(info)).done:
                 self.done += 1
                 if self.bar is not None:
-                    dev = info.get("dev_score")
+                    dev = step.dev_score
                     self.bar.set_postfix_str(
-                        f"ctrl {info['final_ctrl_score']:.3f}" + ("" if dev is None else f" dev {dev:.3f}")
-                        + f" compute {info['compute_total']:.2f}"
+                        f"ctrl {step.final_ctrl_score:.3f}" + ("" if dev is None else f" dev {dev:.3f}")
+                        + f" compute {step.compute_total:.2f}"
                     )
                     self.bar.update(1)
         if self.done < self.total:

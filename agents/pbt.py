@@ -19,7 +19,6 @@ PBT's learning cost, next to an RL controller's episodes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -106,8 +105,7 @@ def make_trainable() -> type:
                 raise ConfigError("KDTrial needs env_config=EnvConfig(...) through tune.with_parameters")
             torch.set_num_threads(threads)
             self.env_config = env_config
-            self.distiller = build_distiller(self.env_config.backend)  # teachers come from the cache
-            self.distiller.config = dataclasses.replace(self.distiller.config, progress=False)
+            self.distiller = build_distiller(self.env_config.backend, quiet_epochs=True)  # teachers come from the cache
             self._start(config)
 
         def _start(self, config: dict[str, Any]) -> None:

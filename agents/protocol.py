@@ -37,7 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agents.baselines import Controller, EpisodeRecord, ScheduleController, evaluate_controller
+from agents.baselines import (
+    Controller,
+    EpisodeRecord,
+    ScheduleController,
+    evaluate_controller,
+)
 from envs.actions import MenuCodec
 from envs.distillation_env import DistillationEnv
 from kd_backend.errors import ConfigError, DynaKDError

@@ -33,6 +33,7 @@ from typing import Any
 from agents.baselines import ScheduleController
 from agents.protocol import PhaseCost, dev_sealed
 from envs.distillation_env import DistillationEnv
+from envs.records import StepInfo
 from envs.reward import POINTS
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json, atomic_write_text
@@ -186,7 +187,8 @@ def _run_prefix(env: DistillationEnv, plans: Sequence[EpochPlan], seed: int) -> 
     info: dict[str, Any] = {}
     for plan in plans:
         info = env.step(plan)[-1]
-    return float(info["ctrl"]["score"]), float(info["compute_total"])
+    step = StepInfo.from_info(info)
+    return step.ctrl_score, step.compute_total
 
 
 # ---------------------------------------------------------------------------------------------- output

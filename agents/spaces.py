@@ -3,7 +3,6 @@ their meaning (checked against a policy before any work), the algorithm check, t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +17,11 @@ from envs import (
     observation_names,
     observation_space,
 )
+from kd_backend.config import BackendConfig
 from kd_backend.distiller import resolve_device
 from kd_backend.errors import ConfigError, UnknownTaskError
 from kd_backend.models import PRESETS
-from kd_backend.pipeline import BackendConfig, build_distiller, load_task_data
+from kd_backend.pipeline import build_distiller, load_task_data
 from kd_backend.tasks import get_task_spec
 
 
@@ -100,13 +100,12 @@ def build_env(config: EnvConfig, spaces: Spaces | None = None) -> DistillationEn
     Teachers train on first use with the backend's progress bars; episodes then run without
     per-epoch bars (the workflows show one bar per episode instead).
     """
-    distiller = build_distiller(config.backend)
-    distiller.config = dataclasses.replace(distiller.config, progress=False)
+    distiller = build_distiller(config.backend, quiet_epochs=True)
     env = DistillationEnv(config, distiller=distiller)
     if spaces is not None and (env.observation_space != spaces.observation or env.action_space != spaces.action):
         raise ConfigError(
             f"the built env has spaces {env.observation_space}, {env.action_space} but the config predicted "
-            f"{spaces.observation}, {spaces.action}; this is a bug in workflow.expected_spaces"
+            f"{spaces.observation}, {spaces.action}; this is a bug in agents.spaces.expected_spaces"
         )
     return env
 
@@ -120,7 +119,7 @@ class SpacesOnlyEnv(gym.Env):
         self.action_space = spaces.action
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (workflow.build_env)")
+        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (agents.spaces.build_env)")
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (workflow.build_env)")
+        raise RuntimeError("SpacesOnlyEnv only carries spaces; act in a DistillationEnv (agents.spaces.build_env)")

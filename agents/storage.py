@@ -118,7 +118,7 @@ def meaning_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
     """How what a policy's actions and observations stand for differs from the env's, or None.
 
     Both are mappings like ``{"actions": [label per action or component], "observations": [name per
-    feature], ...}`` (``workflow.Spaces.meaning``): two envs whose spaces have the same shape can
+    feature], ...}`` (``agents.spaces.Spaces.meaning``): two envs whose spaces have the same shape can
     still mean different things (a reordered menu, other bins), and a policy acting on the wrong
     meaning runs without error and gives wrong results. Keys only one side has are not compared.
     """

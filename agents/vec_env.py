@@ -131,8 +131,7 @@ class EnvFactory:
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        distiller = build_distiller(self.config.backend)
-        distiller.config = dataclasses.replace(distiller.config, progress=False)
+        distiller = build_distiller(self.config.backend, quiet_epochs=True)
         return SeededEpisodes(DistillationEnv(self.config, distiller=distiller), self.first_seed, self.stride,
                               pool=self.pool, base_seed=self.base_seed)
 

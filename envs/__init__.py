@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.actions import ActionCodec, BoxCodec, MenuCodec, MultiDiscreteCodec, default_menu, make_codec, named_plans
+from envs.actions import (
+    ActionCodec,
+    BoxCodec,
+    MenuCodec,
+    MultiDiscreteCodec,
+    default_menu,
+    make_codec,
+    named_plans,
+)
 from envs.config import EnvConfig, tiny_backend, tiny_config
 from envs.distillation_env import DistillationEnv
 from envs.observation import observation_names, observation_space
+from envs.records import StepInfo, is_step_info
 from envs.reward import step_reward
 
 ENTRY_POINT = "envs.distillation_env:DistillationEnv"
@@ -26,7 +35,7 @@ if "DynamicKD-tiny-v0" not in gymnasium.registry:
     gymnasium.register(id="DynamicKD-tiny-v0", entry_point=ENTRY_POINT, kwargs={"config": tiny_config()})
 
 __all__ = [
-    "ActionCodec", "BoxCodec", "DistillationEnv", "EnvConfig", "MenuCodec", "MultiDiscreteCodec", "default_menu",
-    "make_codec", "named_plans", "observation_names", "observation_space", "step_reward", "tiny_backend",
+    "ActionCodec", "BoxCodec", "DistillationEnv", "EnvConfig", "MenuCodec", "MultiDiscreteCodec", "StepInfo", "default_menu",
+    "make_codec", "named_plans", "observation_names", "observation_space", "is_step_info", "step_reward", "tiny_backend",
     "tiny_config",
 ]

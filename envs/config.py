@@ -7,10 +7,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kd_backend.config import BackendConfig
 from kd_backend.errors import ConfigError
-from kd_backend.pipeline import BackendConfig
+from kd_backend.plan import (
+    KD_LOSSES,
+    SELECTION_RULES,
+    SELECTION_SCOPES,
+    KDLoss,
+    SelectionRule,
+    SelectionScope,
+)
 from kd_backend.validation import check_float, check_int
-from kd_backend.plan import KD_LOSSES, SELECTION_RULES, SELECTION_SCOPES, KDLoss, SelectionRule, SelectionScope
 
 ActionSpaceKind = Literal["discrete", "multidiscrete", "box"]
 RewardKind = Literal["dense", "final"]

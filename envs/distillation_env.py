@@ -15,8 +15,9 @@ With ``EnvConfig.branch_cache > 0`` the env keeps the run state after each decis
 ctrl evaluation are replayed and the state is restored when the next step needs it
 (:mod:`envs.branching`, where the seed semantics are documented).
 
-``info`` holds only deterministic values (no wall-clock times), so the same seed and actions give
-identical infos, as Gymnasium's checker requires.
+A step's ``info`` is :meth:`envs.records.StepInfo.to_info` (readers parse it back with
+``StepInfo.from_info``); it holds only deterministic values (no wall-clock times), so the same seed
+and actions give identical infos, as Gymnasium's checker requires.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from envs.actions import ActionCodec, make_codec
 from envs.branching import Branch, BranchCache
 from envs.config import EnvConfig
 from envs.observation import build_observation, observation_names, observation_space
+from envs.records import StepInfo
 from envs.reward import step_reward
 from kd_backend.errors import ConfigError
 from kd_backend.pipeline import build_distiller
@@ -86,7 +88,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self._train_loss = 0.0
         self._compute = 0.0
         self._last_action = np.zeros(self.codec.dim, dtype=np.float32)
-        self._step_info: dict[str, Any] = {}
+        self._last: StepInfo | None = None  # the last step's report (render)
         self._plans: tuple[EpochPlan, ...] = ()  # applied so far (the branch key)
         self._pending: Branch | None = None  # a stored state the distiller must restore before training on
         return self._get_obs(), self._get_info()
@@ -131,27 +133,23 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self._change = self._ctrl.score - prev
         self._best = max(self._best, self._ctrl.score)
         self._train_loss = float(stats.losses.get("ce", 0.0))
-        self._step_info = {
-            "epoch": epoch, "part": part, "plan": plan.to_dict(), "stats": _public(stats.to_dict()),
-            "step_compute": step_compute, "reward": float(reward),
-            "teacher_weights": {
-                f"t{k}_{name}": w for k, (name, w) in enumerate(zip(self.teacher_names, stats.teacher_weights))
-            },
-        }
         obs = self._get_obs()  # before any dev evaluation: dev never reaches the observation
-        if terminated:
-            self._step_info["final_ctrl_score"] = self._ctrl.score
-            if self.config.report_dev:
-                dev = self.distiller.evaluate("dev")
-                self._step_info["dev"] = _public(dev.to_dict())
-                self._step_info["dev_score"] = dev.score
-        return obs, float(reward), terminated, False, self._get_info()
+        dev = None
+        if terminated and self.config.report_dev:
+            dev = _public(self.distiller.evaluate("dev").to_dict())
+        self._last = StepInfo(
+            step=self._t, seed=self.episode_seed, ctrl=_public(self._ctrl.to_dict()), compute_total=self._compute,
+            teacher_names=self.teacher_names, epoch=epoch, part=part, plan=plan.to_dict(),
+            stats=_public(stats.to_dict()), step_compute=step_compute, reward=float(reward),
+            final_ctrl_score=self._ctrl.score if terminated else None, dev=dev,
+        )
+        return obs, float(reward), terminated, False, self._last.to_info()
 
     def render(self) -> str | None:
         """With ``render_mode='ansi'``: one line with the step, the last plan and the ctrl score."""
         if self.render_mode != "ansi" or self._t is None:
             return None
-        plan = self._step_info.get("plan", {})
+        plan = self._last.plan if self._last is not None else {}
         keys = ("teacher_mode", "teacher_weights", "fraction", "objective", "kd_weight", "hidden_weight")
         short = {k: plan[k] for k in keys if k in plan}
         return (
@@ -180,14 +178,11 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         )
 
     def _get_info(self) -> dict[str, Any]:
+        """The reset info: the fresh student's ctrl evaluation (a step's info is :meth:`StepInfo.to_info`)."""
         assert self._t is not None
         return {
-            "step": self._t,
-            "seed": self.episode_seed,
-            "ctrl": _public(self._ctrl.to_dict()),
-            "compute_total": self._compute,
-            "teacher_names": list(self.teacher_names),
-            **{k: (dict(v) if isinstance(v, dict) else v) for k, v in self._step_info.items()},
+            "step": self._t, "seed": self.episode_seed, "ctrl": _public(self._ctrl.to_dict()),
+            "compute_total": self._compute, "teacher_names": list(self.teacher_names),
         }
 
     @property

@@ -18,9 +18,10 @@ from typing import Annotated
 import tyro
 
 from agents.cli import cli, save_yaml
+from kd_backend.config import BackendConfig
 from kd_backend.io import atomic_write_json
 from kd_backend.locking import check_folder, claim_folder
-from kd_backend.pipeline import BackendConfig, build_distiller, config_dict
+from kd_backend.pipeline import build_distiller, config_dict
 from kd_backend.plan import EpochPlan
 from kd_backend.reporting import log_epoch_scalars, model_card, write_layout
 

@@ -4,8 +4,9 @@ The backend knows nothing of Gymnasium or stable-baselines3: a KD run is a :clas
 driven by one :class:`EpochPlan` per epoch (a static schedule is just the same plan every epoch).
 """
 
+from kd_backend.config import BackendConfig, DistillerConfig
 from kd_backend.data import TaskData, TextSplit, load_task
-from kd_backend.distiller import Distiller, DistillerConfig, Teacher
+from kd_backend.distiller import Distiller, Teacher
 from kd_backend.errors import (
     CacheError,
     ConfigError,
@@ -16,7 +17,7 @@ from kd_backend.errors import (
     NonFiniteLossError,
     UnknownTaskError,
 )
-from kd_backend.pipeline import BackendConfig, build_distiller, fine_tune, load_task_data
+from kd_backend.pipeline import build_distiller, fine_tune, load_task_data
 from kd_backend.plan import EpochPlan, EpochStats, EvalStats
 
 __all__ = [

@@ -25,8 +25,18 @@ import numpy as np
 
 from kd_backend.errors import ConfigError, DataError
 from kd_backend.splits import UNLABELLED, TextSplit  # noqa: F401 (UNLABELLED: re-exported, data's public name)
-from kd_backend.synthetic import SyntheticConfig, make_synthetic_task, make_synthetic_transfer
-from kd_backend.tasks import GLUE_TASKS, SYNTHETIC_TASK, TaskSpec, get_task_spec, glue_key
+from kd_backend.synthetic import (
+    SyntheticConfig,
+    make_synthetic_task,
+    make_synthetic_transfer,
+)
+from kd_backend.tasks import (
+    GLUE_TASKS,
+    SYNTHETIC_TASK,
+    TaskSpec,
+    get_task_spec,
+    glue_key,
+)
 
 if TYPE_CHECKING:
     import datasets

@@ -29,98 +29,42 @@ from torch import nn
 
 from kd_backend import losses
 from kd_backend.batching import EncodedSplit, length_grouped_batches
-from kd_backend.cache import TeacherOutputs, cache_key, compute_teacher_outputs, load_or_build
+from kd_backend.cache import (
+    TeacherOutputs,
+    cache_key,
+    compute_teacher_outputs,
+    load_or_build,
+)
+from kd_backend.config import (
+    DistillerConfig,  # re-exported: kd_backend.distiller.DistillerConfig
+)
 from kd_backend.data import TaskData
 from kd_backend.errors import ConfigError, ModelError, NonFiniteLossError
-from kd_backend.validation import check_float, check_int
 from kd_backend.forward import forward_logits_cls, move_batch
 from kd_backend.mechanisms import objective_weights, teacher_weights
 from kd_backend.metrics import compute_metrics, main_score
-from kd_backend.models import export_model, forward_flops, hidden_size, model_fingerprint, model_size, num_layers
-from kd_backend.models import resolve_layer_map
+from kd_backend.models import (
+    export_model,
+    forward_flops,
+    hidden_size,
+    model_fingerprint,
+    model_size,
+    num_layers,
+    resolve_layer_map,
+)
 from kd_backend.objective import TeacherBatch, combine_terms, kd_objective
 from kd_backend.plan import EpochPlan, EpochStats, EvalStats
 from kd_backend.teacher_source import CachedTeachers, OnlineTeachers, TeacherSource
 from kd_backend.tokenization import encode_texts, tokenizer_fingerprint
-from kd_backend.uncertainty import normalized_entropy, select_most_uncertain, uncertainty_scores
+from kd_backend.uncertainty import (
+    normalized_entropy,
+    select_most_uncertain,
+    uncertainty_scores,
+)
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "ctrl", "dev")
-
-
-@dataclass(frozen=True)
-class DistillerConfig:
-    """How a KD run is optimised and executed (what stays fixed across epochs and episodes)."""
-
-    epochs: int = 3
-    """Planned epochs of the run: the length of the learning-rate schedule."""
-    batch_size: int = 32
-    """Training instances per optimizer step."""
-    eval_batch_size: int = 256
-    """Instances per batch for evaluation, scoring and teacher caching (no gradient)."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate (1e-3 suits tiny students from scratch; 2e-5 for BERT)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
-    warmup_ratio: float = 0.1
-    """Fraction of the run spent warming the learning rate up linearly from 0."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    max_seq_length: int = 128
-    """Tokens per instance after truncation."""
-    pad_to_max_length: bool = False
-    """Pad every batch to ``max_seq_length`` (the paper's static padding) instead of dynamic padding."""
-    teacher_source: str = "cache"
-    """``cache`` (teacher outputs computed once per dataset) or ``online`` (teacher forward per step)."""
-    cache_dir: str = ".cache/dynakd"
-    """Folder of the teacher-output cache."""
-    device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    bf16: bool = True
-    """Use bf16 autocast on CUDA (ignored on CPU)."""
-    score_bf16: bool = True
-    """Run the no-grad uncertainty scoring pass of epoch-scope selection in bf16 autocast (on CUDA,
-    and on CPUs with native bf16 instructions): it only ranks instances, and bf16 halves its cost."""
-    layer_map: tuple[tuple[int, int], ...] | None = None
-    """Explicit (student layer, teacher layer) pairs for hidden alignment; None = PKD default."""
-    seed: int = 0
-    """Seed of the first episode (``reset(seed)`` overrides it)."""
-    progress: bool = False
-    """Show tqdm progress bars for caching and epochs."""
-    stale_max_age: int = 2
-    """``scoring='stale'`` selection reuses an instance's uncertainty from a forward pass at most
-    this many epochs old (0 = this epoch only) and rescores the rest (never seen, or older)."""
-    finite_check_every: int | None = None
-    """Check the loss for NaN/inf every N optimizer steps (each check is a host sync on CUDA);
-    None = every step on the CPU, every 50 steps on CUDA (and always at the end of an epoch)."""
-
-    def __post_init__(self) -> None:
-        owner = "DistillerConfig"
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_length"):
-            check_int(owner, name, getattr(self, name), minimum=1)
-        check_float(owner, "lr", self.lr, 0.0, low_open=True)
-        check_float(owner, "weight_decay", self.weight_decay, 0.0)
-        check_float(owner, "warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
-        # <= 0 would flip (negative) or zero every gradient: the run would silently train up the loss or not at all.
-        check_float(owner, "max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
-        check_int(owner, "seed", self.seed, minimum=0, maximum=2**32 - 1)
-        check_int(owner, "stale_max_age", self.stale_max_age, minimum=0)
-        if self.finite_check_every is not None and (
-            not isinstance(self.finite_check_every, int) or self.finite_check_every < 1
-        ):
-            raise ConfigError(
-                f"DistillerConfig.finite_check_every={self.finite_check_every!r} must be None or an integer >= 1"
-            )
-        if self.teacher_source not in ("cache", "online"):
-            raise ConfigError(f"DistillerConfig.teacher_source={self.teacher_source!r} must be 'cache' or 'online'")
-        if self.layer_map is not None:
-            object.__setattr__(self, "layer_map", tuple((int(s), int(t)) for s, t in self.layer_map))
-            if not self.layer_map or any(s < 0 or t < 0 for s, t in self.layer_map):
-                raise ConfigError(
-                    f"DistillerConfig.layer_map={self.layer_map!r} is out of range: must be non-empty (student layer, "
-                    "teacher layer) pairs, each >= 0 (0 = embeddings), or None for the PKD default"
-                )
 
 
 @dataclass(frozen=True)

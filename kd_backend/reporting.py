@@ -11,7 +11,6 @@ from typing import Any
 
 from kd_backend.plan import EpochStats, EvalStats
 
-
 TAG_GROUPS: dict[str, tuple[str, ...]] = {
     "plan": ("plan/fraction", "plan/ce_weight", "plan/kd_weight", "plan/hidden_weight", "plan/teacher_weight/.*",
              "plan/kd_instance_weight", "plan/hidden_instance_weight"),

@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from kd_backend.config import DistillerConfig
 from kd_backend.data import load_task
-from kd_backend.distiller import Distiller, DistillerConfig, Teacher
+from kd_backend.distiller import Distiller, Teacher
 from kd_backend.errors import ConfigError, ModelError, NonFiniteLossError
 from kd_backend.models import build_model
 from kd_backend.plan import EpochPlan

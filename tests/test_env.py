@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import warnings
 
@@ -386,3 +387,25 @@ def test_config_validation_names_the_bad_value():
         EnvConfig(fraction_bins=(0.0, 1.0))
     with pytest.raises(ConfigError, match="cost_weight"):
         EnvConfig(cost_weight=math.nan)
+
+
+def test_step_info_is_typed_and_round_trips(tmp_path_factory):
+    from envs.records import StepInfo, is_step_info
+
+    cache = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"
+    cache.mkdir(exist_ok=True)
+    env = DistillationEnv(tiny_config(cache_dir=str(cache), horizon=2))
+    _, reset_info = env.reset(seed=3)
+    assert not is_step_info(reset_info)
+    with pytest.raises(ConfigError, match="not a DynaKD step info"):
+        StepInfo.from_info(reset_info)
+    _, reward, _, _, first = env.step(0)
+    step = StepInfo.from_info(first)
+    assert step.to_info() == first and step.reward == reward and not step.done and step.dev_score is None
+    assert step.ctrl_score == first["ctrl"]["score"] and list(step.teacher_weights) == [
+        f"t{k}_{n}" for k, n in enumerate(env.teacher_names)]
+    _, _, terminated, _, last = env.step(0)
+    final = StepInfo.from_info(last)
+    assert terminated and final.done and final.final_ctrl_score == final.ctrl_score
+    assert final.dev_score == last["dev_score"] is not None and final.compute_total == pytest.approx(2 * step.step_compute, rel=0.5)
+    json.dumps(last)  # plain values: it crosses processes and lands in episodes.jsonl

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import kd_backend.distiller as distiller_module
+from kd_backend.config import DistillerConfig
 from kd_backend.data import load_task
-from kd_backend.distiller import Distiller, DistillerConfig, Teacher
+from kd_backend.distiller import Distiller, Teacher
 from kd_backend.models import build_model
 from kd_backend.objective import (
     TeacherBatch,

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import yaml
 
-from kd_backend.distiller import DistillerConfig
+from kd_backend.config import BackendConfig, DistillerConfig
 from kd_backend.errors import ConfigError
-from kd_backend.pipeline import BackendConfig, config_dict
+from kd_backend.pipeline import config_dict
 
 
 def test_backend_config_carries_every_distiller_knob():

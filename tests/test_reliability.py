@@ -389,7 +389,8 @@ needs_trec = pytest.mark.skipif(not (TREC / "train.tsv").exists(), reason="needs
 
 @needs_trec
 def test_custom_file_columns_and_dev_file_are_config_fields():
-    from kd_backend.pipeline import BackendConfig, load_task_data
+    from kd_backend.config import BackendConfig
+    from kd_backend.pipeline import load_task_data
 
     with pytest.raises(Exception, match=r"no column 'label'.*Pass --label-column") as err:
         load_task_data(BackendConfig(task=str(TREC / "train.tsv")))

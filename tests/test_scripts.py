@@ -13,6 +13,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kd_backend.reporting import read_scalars
 
+pytestmark = pytest.mark.slow  # end-to-end: scripts as subprocesses (CI runs them; -m "not slow" skips)
+
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 # From-scratch transformers need a few hundred steps before they beat chance on the synthetic rule.

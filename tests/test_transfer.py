@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from kd_backend.config import BackendConfig
 from kd_backend.data import UNLABELLED, TaskData, load_task
 from kd_backend.errors import ConfigError, DataError
-from kd_backend.pipeline import BackendConfig, build_distiller, load_task_data
+from kd_backend.pipeline import build_distiller, load_task_data
 from kd_backend.plan import EpochPlan
 from kd_backend.synthetic import SyntheticConfig
 

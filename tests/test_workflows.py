@@ -29,6 +29,7 @@ from kd_backend.pipeline import load_task_data
 from kd_backend.reporting import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end-to-end: scripts as subprocesses (CI runs them; -m "not slow" skips)
 
 EVAL_SEEDS = (100, 101)
 BASELINES = ("kd-t0", "paper-combined", "random")

@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("rl_zoo3", reason='RL Baselines3 Zoo is not installed: pip install -e ".[zoo]"')
 
+pytestmark = pytest.mark.slow  # end-to-end: scripts as subprocesses (CI runs them; -m "not slow" skips)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

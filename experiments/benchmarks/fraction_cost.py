@@ -20,7 +20,8 @@ import tyro
 from _bench import print_table, set_threads, write_json  # noqa: I001
 
 from agents.cli import cli
-from kd_backend.pipeline import BackendConfig, build_distiller
+from kd_backend.config import BackendConfig
+from kd_backend.pipeline import build_distiller
 from kd_backend.plan import EpochPlan
 
 

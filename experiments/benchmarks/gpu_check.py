@@ -26,8 +26,9 @@ import torch
 from _bench import print_table, set_threads, write_json  # noqa: I001
 
 from agents.cli import cli
+from kd_backend.config import DistillerConfig
 from kd_backend.data import load_task
-from kd_backend.distiller import Distiller, DistillerConfig, Teacher
+from kd_backend.distiller import Distiller, Teacher
 from kd_backend.models import build_model
 from kd_backend.plan import EpochPlan
 from kd_backend.synthetic import SyntheticConfig

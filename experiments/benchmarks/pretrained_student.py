@@ -26,9 +26,10 @@ import torch
 from _bench import print_table, set_threads, write_json  # noqa: I001
 
 from agents.cli import cli
+from kd_backend.config import BackendConfig
 from kd_backend.distiller import Distiller
 from kd_backend.models import load_pretrained
-from kd_backend.pipeline import BackendConfig, build_student, load_task_data
+from kd_backend.pipeline import build_student, load_task_data
 from kd_backend.plan import EpochPlan
 
 
