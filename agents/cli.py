@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,13 +20,12 @@ from typing import Any, TypeVar
 import tyro
 import yaml
 
-from agents.configs import CONFIG_FILE, LearnConfig
+from agents.configs import CONFIG_FILE, LearnConfig, hide_fields  # noqa: F401 (hide_fields: re-exported for scripts)
 from kd_backend.errors import ConfigError, DynaKDError
 from kd_backend.io import atomic_write_text
 from kd_backend.pipeline import config_dict
 
 T = TypeVar("T")
-
 
 
 def overlay_config(cls: type[T], data: dict[str, Any], where: str, base: Any = None) -> T:
@@ -49,28 +47,6 @@ def overlay_config(cls: type[T], data: dict[str, Any], where: str, base: Any = N
         else:
             changes[name] = value
     return dataclasses.replace(base, **changes)
-
-
-def hide_fields(cls: type[T], names: typing.Iterable[str]) -> type[T]:
-    """A subclass of config dataclass ``cls`` whose fields ``names`` keep their defaults but are no flags.
-
-    A script that uses only part of a shared config shows only the flags it reads (``--help`` must
-    not list a flag that does nothing).
-    """
-    import tyro
-
-    names = set(names)
-    hints = typing.get_type_hints(cls)
-    unknown = names - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ConfigError(f"hide_fields: {cls.__name__} has no field(s) {sorted(unknown)}")
-    hidden = [
-        (f.name, typing.Annotated[hints[f.name], tyro.conf.Suppress], dataclasses.field(default=f.default))
-        for f in dataclasses.fields(cls) if f.name in names
-    ]
-    return dataclasses.make_dataclass(
-        cls.__name__, hidden, bases=(cls,), frozen=True, namespace={"__doc__": cls.__doc__, "__module__": cls.__module__}
-    )
 
 
 def save_yaml(path: str | Path, data: Any) -> None:

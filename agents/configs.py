@@ -9,9 +9,11 @@ docstring the help text) and a key of its YAML file (:mod:`agents.cli`).
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import tyro
 
@@ -23,6 +25,8 @@ from envs.actions import PAPER_HEURISTICS as PAPER_PLANS
 from kd_backend.config import BackendConfig
 from kd_backend.errors import ConfigError
 from kd_backend.validation import check_float, check_int
+
+T = TypeVar("T")
 
 Algo = Literal["ppo", "a2c", "dqn", "sac"]  # as agents.factory.ALGORITHMS (tyro needs the literal; a test checks)
 PAPER_HEURISTICS = tuple(PAPER_PLANS)  # the paper's heuristics by name (envs.actions, the one plan vocabulary)
@@ -36,6 +40,26 @@ PROTOCOL_EVAL_SEEDS = (10_000, 10_001, 10_002, 10_003, 10_004)
 PROTOCOL_SELECTION_SEEDS = (20_000, 20_001, 20_002)
 PROTOCOL_CONTROLLERS = (*PAPER_HEURISTICS, "random")
 CONFIG_FILE = "config.yaml"
+
+
+def hide_fields(cls: type[T], names: typing.Iterable[str]) -> type[T]:
+    """A subclass of config dataclass ``cls`` whose fields ``names`` keep their defaults but are no flags.
+
+    A script that uses only part of a shared config shows only the flags it reads (``--help`` must
+    not list a flag that does nothing).
+    """
+    names = set(names)
+    hints = typing.get_type_hints(cls)
+    unknown = names - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"hide_fields: {cls.__name__} has no field(s) {sorted(unknown)}")
+    hidden = [
+        (f.name, typing.Annotated[hints[f.name], tyro.conf.Suppress], dataclasses.field(default=f.default))
+        for f in dataclasses.fields(cls) if f.name in names
+    ]
+    return dataclasses.make_dataclass(
+        cls.__name__, hidden, bases=(cls,), frozen=True, namespace={"__doc__": cls.__doc__, "__module__": cls.__module__}
+    )
 
 
 def default_env() -> EnvConfig:
@@ -80,6 +104,7 @@ class LearnConfig:
     Training episode i uses student seed ``seed + i`` (``--seed``, default 0); evaluation uses
     ``eval_seeds``, which must not overlap them.
     """
+
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("name", "env", "algo", "total_episodes")
     """Top-level keys a ``--config`` file must hold (:func:`agents.cli.load_config_file`)."""
 
@@ -209,6 +234,7 @@ class ReplayConfig:
     ``--seed`` is the student's seed; any backend flag (``--task``, ``--student``, ...) changes
     the run, as long as the spaces still fit the policy.
     """
+
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("env",)
     """Top-level keys a ``--config`` file must hold (:func:`agents.cli.load_config_file`)."""
     READS_LEARN_CONFIG: ClassVar[bool] = True
@@ -254,6 +280,7 @@ class ReplayConfig:
 @dataclass(frozen=True)
 class CompareConfig:
     """Run controllers (baselines, learned policies, schedules) over the same seeds; table and plot."""
+
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("env",)
     """Top-level keys a ``--config`` file must hold (:func:`agents.cli.load_config_file`)."""
     READS_LEARN_CONFIG: ClassVar[bool] = True
@@ -336,19 +363,28 @@ class CompareConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
+SearchEnvConfig = hide_fields(EnvConfig, ["report_dev"])
+"""``EnvConfig`` without the ``--report-dev`` flag: the search seals dev whatever the setting."""
+
+
+def _search_env(env: EnvConfig) -> EnvConfig:
+    return SearchEnvConfig(**{f.name: getattr(env, f.name) for f in dataclasses.fields(EnvConfig)})
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Learn a KD schedule by beam search over branching episodes (``agents.search``), on the
     training seeds and the ctrl split only; the objective is ``100 x ctrl - cost_weight x compute``."""
+
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("env",)
     """Top-level keys a ``--config`` file must hold (:func:`agents.cli.load_config_file`)."""
     READS_LEARN_CONFIG: ClassVar[bool] = True
     """A learn config file works here too: its learning-only keys are ignored."""
 
 
-    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
+    env: Annotated[SearchEnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=lambda: _search_env(default_env()))
     """The KD run as an environment: its menu is what the search chooses from, its ``cost_weight``
-    the points charged per plain epoch."""
+    the points charged per plain epoch (``report_dev`` is no flag here: the search never reads dev)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Student seeds the search scores every prefix on (training seeds: keep them disjoint from the
     evaluation seeds)."""
