@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
@@ -51,6 +52,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.storage import save_replay_buffer, save_rng_state, set_rng_state
 from envs.records import StepInfo, is_step_info
+from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json, atomic_write_text
 from kd_backend.reporting import (
     episode_scalars,
@@ -81,6 +83,48 @@ def _purge_sb3_tensorboard(sb3_logger: Logger, step: int) -> None:
             log_dir = output.writer.get_logdir()
             output.writer.close()
             output.writer = SummaryWriter(log_dir, purge_step=step)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``checkpoints/latest.json``: the run's last checkpoint, written by :class:`EpisodeLogger` and read
+    back by :meth:`read` (``--resume``); file names are relative to ``checkpoints/``.
+
+    :param episodes: finished episodes the checkpoint covers.
+    :param num_timesteps: the learner's timesteps at the checkpoint.
+    :param model: the learner's ``.zip``.
+    :param replay_buffer: an off-policy learner's replay buffer ``.npz`` (None for PPO/A2C).
+    :param rng: the random-number states ``.json``.
+    """
+
+    episodes: int
+    num_timesteps: int
+    model: str
+    replay_buffer: str | None
+    rng: str | None
+
+    FILE: ClassVar[str] = "latest.json"
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Point ``run_dir/checkpoints/latest.json`` at this checkpoint (atomically)."""
+        return atomic_write_json(Path(run_dir) / "checkpoints" / self.FILE, asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> Checkpoint | None:
+        """The run's last checkpoint, or None when it has none.
+
+        :raises ConfigError: a ``latest.json`` that is not one (naming the file and the fix).
+        """
+        path = Path(run_dir) / "checkpoints" / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{f.name: data.get(f.name) for f in fields(cls)} | {"episodes": int(data["episodes"])})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{path} is not a checkpoint record ({e}); start the run over with --overwrite, or restore the file"
+            ) from e
 
 
 class EpisodeLogger(BaseCallback):
@@ -232,10 +276,8 @@ class EpisodeLogger(BaseCallback):
             buffer_path = folder / f"episode-{self.episodes:05d}-replay.npz"  # no pickle (agents.storage)
             save_replay_buffer(self.model.replay_buffer, buffer_path)
         rng_path = save_rng_state(self.model, folder / f"episode-{self.episodes:05d}-rng.json")
-        atomic_write_json(folder / "latest.json", {
-            "episodes": self.episodes, "num_timesteps": self.num_timesteps, "model": model_path.name,
-            "replay_buffer": buffer_path.name if buffer_path else None, "rng": rng_path.name,
-        })
+        Checkpoint(episodes=self.episodes, num_timesteps=self.num_timesteps, model=model_path.name,
+                   replay_buffer=buffer_path.name if buffer_path else None, rng=rng_path.name).write(self.run_dir)
         self._checkpointed = self.episodes
         logger.info("checkpoint after %d episodes: %s", self.episodes, model_path)
         return model_path

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.callbacks import (
     EPISODES_FILE,
+    Checkpoint,
     EpisodeLogger,
     read_episodes,
     truncate_episodes,
@@ -62,7 +62,7 @@ def check_resume(config: LearnConfig, run_dir: Path) -> None:
             f"A resume may change only {sorted(RESUME_MAY_CHANGE)}"
         )
     checkpoint = latest_checkpoint(run_dir)
-    done = int(checkpoint["episodes"]) if checkpoint else 0
+    done = checkpoint.episodes if checkpoint else 0
     if config.total_episodes < done:
         raise ConfigError(
             f"--resume {run_dir} --total-episodes {config.total_episodes}: the run has already finished {done} "
@@ -141,10 +141,9 @@ def make_train_env(config: LearnConfig, env: DistillationEnv, first_seed: int, r
                         threads=torch.get_num_threads(), **pool, **ray_options)
 
 
-def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The ``checkpoints/latest.json`` written by :class:`agents.EpisodeLogger`, or None."""
-    path = run_dir / "checkpoints" / "latest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's last checkpoint (:class:`agents.callbacks.Checkpoint`), or None."""
+    return Checkpoint.read(run_dir)
 
 
 def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tuple[BaseAlgorithm, int]:
@@ -158,7 +157,7 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
         of episodes already finished.
     """
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    done = int(checkpoint["episodes"]) if checkpoint else 0
+    done = checkpoint.episodes if checkpoint else 0
     if config.resume:
         kept = truncate_episodes(run_dir / EPISODES_FILE, done)
         logger.info("resuming %s after %d finished episodes (%d lines of episodes.jsonl kept)", run_dir, done, kept)
@@ -170,19 +169,19 @@ def make_learner(config: LearnConfig, env: DistillationEnv, run_dir: Path) -> tu
                            meaning=meaning, **overrides)
         return agent, 0
     folder = run_dir / "checkpoints"
-    agent = load_agent(folder / checkpoint["model"], train_env, algo=config.algo, meaning=meaning)
+    agent = load_agent(folder / checkpoint.model, train_env, algo=config.algo, meaning=meaning)
     agent.tensorboard_log = str(run_dir / "tensorboard")
-    if checkpoint.get("replay_buffer") and getattr(agent, "replay_buffer", None) is not None:
-        load_replay_buffer(agent.replay_buffer, folder / checkpoint["replay_buffer"])
+    if checkpoint.replay_buffer and getattr(agent, "replay_buffer", None) is not None:
+        load_replay_buffer(agent.replay_buffer, folder / checkpoint.replay_buffer)
     return agent, done
 
 
 def checkpoint_rng(run_dir: Path) -> dict[str, Any] | None:
     """The random-number states saved with the run's last checkpoint (None: none saved)."""
     checkpoint = latest_checkpoint(run_dir)
-    if not checkpoint or not checkpoint.get("rng"):
+    if not checkpoint or not checkpoint.rng:
         return None
-    return load_rng_state(run_dir / "checkpoints" / checkpoint["rng"])
+    return load_rng_state(run_dir / "checkpoints" / checkpoint.rng)
 
 
 @contextlib.contextmanager
@@ -193,7 +192,7 @@ def resumable(config: LearnConfig, run_dir: Path) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         checkpoint = latest_checkpoint(run_dir)
-        covered = int(checkpoint["episodes"]) if checkpoint else 0
+        covered = checkpoint.episodes if checkpoint else 0
         finished = sum(1 for line in read_episodes(run_dir / EPISODES_FILE) if line.get("done"))
         script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "learn_policy.py"
         print(

@@ -256,3 +256,15 @@ def test_paper_heuristics_are_named_plans_of_the_one_vocabulary():
     assert PaperHeuristic("adoption", adoption_mode="soft").plan.teacher_mode == "soft"
     with pytest.raises(ConfigError, match="not one of"):
         PaperHeuristic("nope")
+
+
+def test_checkpoint_record_round_trips_and_refuses_garbage(tmp_path):
+    from agents.callbacks import Checkpoint
+
+    assert Checkpoint.read(tmp_path) is None
+    record = Checkpoint(episodes=4, num_timesteps=12, model="episode-00004.zip", replay_buffer=None, rng="r.json")
+    record.write(tmp_path)
+    assert Checkpoint.read(tmp_path) == record
+    (tmp_path / "checkpoints" / "latest.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a checkpoint record.*--overwrite"):
+        Checkpoint.read(tmp_path)
