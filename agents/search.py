@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,12 @@ def required_branch_cache(beam: int, menu_size: int, num_seeds: int) -> int:
     return beam * (menu_size + 1) * num_seeds
 
 
+def search_trials(beam: int, menu_size: int, num_seeds: int, depth: int) -> int:
+    """(prefix, seed) pairs :func:`tree_search` scores: at depth d, min(beam, menu^(d-1)) kept prefixes
+    times every plan, on every seed."""
+    return sum(min(beam, menu_size ** d) for d in range(depth)) * menu_size * num_seeds
+
+
 def _objective(ctrl: float, compute: float, cost_weight: float) -> float:
     return POINTS * ctrl - cost_weight * compute
 
@@ -167,7 +173,7 @@ def tree_search(
                     ))
             ranked = sorted(scored, key=lambda n: (-n.objective, n.compute, [order[x] for x in n.names]))
             keep = {n.names for n in ranked[:beam]}
-            nodes.extend(Node(**{**asdict(n), "kept": n.names in keep}) for n in scored)
+            nodes.extend(replace(n, kept=n.names in keep) for n in scored)
             beams = [n.names for n in ranked[:beam]]
     cost.episodes = sum(n.depth == env.steps_per_episode for n in nodes) * len(seeds)  # complete episodes
     cost.decisions_replayed = env.branches.hits - hits0
@@ -192,9 +198,6 @@ def _run_prefix(env: DistillationEnv, plans: Sequence[EpochPlan], seed: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------- output
-SEARCH_FILES = ("schedule.json", "search.csv", "search.json")
-
-
 def write_search(out: str | Path, result: SearchResult, **metadata: Any) -> Path:
     """Write ``schedule.json`` (the schedule, readable by ``ScheduleController.load`` and every
     script's ``.json`` controller), ``search.csv`` (every node) and ``search.json`` (the choice,

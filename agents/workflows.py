@@ -64,6 +64,7 @@ from agents.search import (
     SearchResult,
     format_search,
     required_branch_cache,
+    search_trials,
     tree_search,
     write_search,
 )
@@ -267,8 +268,7 @@ def search_schedule(cfg: SearchConfig) -> SearchResult:
     menu = menu_plans(env)
     claim_folder(out, overwrite=cfg.overwrite)
     save_config(out / CONFIG_FILE, cfg)
-    prefixes = [min(cfg.beam, len(menu) ** d) for d in range(env.steps_per_episode)]  # kept before each depth
-    trials = sum(prefixes) * len(menu) * len(cfg.seeds)
+    trials = search_trials(cfg.beam, len(menu), len(cfg.seeds), env.steps_per_episode)
     from tqdm.auto import tqdm
 
     with tqdm(total=trials, desc="search", unit="trial", disable=not cfg.env.backend.progress) as bar:

@@ -389,12 +389,10 @@ def test_config_validation_names_the_bad_value():
         EnvConfig(cost_weight=math.nan)
 
 
-def test_step_info_is_typed_and_round_trips(tmp_path_factory):
+def test_step_info_is_typed_and_round_trips(tiny_cache):
     from envs.records import StepInfo, is_step_info
 
-    cache = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"
-    cache.mkdir(exist_ok=True)
-    env = DistillationEnv(tiny_config(cache_dir=str(cache), horizon=2))
+    env = DistillationEnv(tiny_config(cache_dir=str(tiny_cache), horizon=2))
     _, reset_info = env.reset(seed=3)
     assert not is_step_info(reset_info)
     with pytest.raises(ConfigError, match="not a DynaKD step info"):

@@ -44,10 +44,8 @@ MENU = ("kd-t0", "kd-t1", "frac-0.3")
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"  # shared with test_env / test_agents
-    cache.mkdir(exist_ok=True)
-    return tiny_config(cache_dir=str(cache), horizon=2, menu=MENU)
+def config(tiny_cache):
+    return tiny_config(cache_dir=str(tiny_cache), horizon=2, menu=MENU)
 
 
 @pytest.fixture(scope="module")
