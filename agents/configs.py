@@ -390,6 +390,10 @@ class SearchConfig:
     evaluation seeds)."""
     beam: int = 1
     """Prefixes kept per depth (1 = greedy: H x menu x seeds one-epoch trials)."""
+    max_compute: float | None = None
+    """A compute budget (plain epochs) the schedule must fit, e.g. 1.89 for 60% of three full KD
+    epochs at 1.05; prefixes that cannot end within it are not kept. None = no budget (the
+    objective's cost_weight alone trades score for compute)."""
     out: str = "runs/search"
     """Output folder (schedule.json, search.csv, search.json, config.yaml)."""
     overwrite: bool = False
@@ -400,6 +404,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", _seeds("SearchConfig", "seeds", self.seeds))
         _positive("SearchConfig", "beam", self.beam)
+        if self.max_compute is not None and not (isinstance(self.max_compute, (int, float)) and self.max_compute > 0):
+            raise ConfigError(f"SearchConfig.max_compute={self.max_compute!r} must be a positive number of plain epochs, or None")
         _positive("SearchConfig", "threads", self.threads, allow_none=True)
 
 

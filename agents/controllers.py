@@ -20,7 +20,7 @@ from agents.baselines import (
 from agents.configs import PAPER_HEURISTICS
 from agents.factory import load_agent
 from agents.spaces import Spaces, SpacesOnlyEnv
-from envs import EnvConfig, named_plans
+from envs import EnvConfig, named_plans, plan_fields
 from kd_backend.errors import ConfigError
 from kd_backend.plan import EpochPlan
 
@@ -89,12 +89,16 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
             controller.plan = _plan(controller.plan.to_dict(), config)
             if spaces.regression and controller.plan.needs_uncertainty:
                 raise ConfigError(f"baseline {spec!r} needs the student's uncertainty, which a regression task lacks")
-        elif spec in plans:
-            controller = StaticController(_plan(plans[spec], config), name=spec)
+        elif spec in plans or spec.startswith("frac-"):
+            try:
+                fields = plan_fields(spec, spaces.num_teachers, spaces.regression)
+            except ConfigError as err:
+                raise ConfigError(f"controller {spec!r}: {err}") from None
+            controller = StaticController(_plan(fields, config), name=spec)
         else:
             raise ConfigError(
-                f"unknown controller {spec!r}; use a policy .zip, a schedule .json or one of "
-                f"{list(controller_names(spaces))}"
+                f"unknown controller {spec!r}; use a policy .zip, a schedule .json, frac-R[-random|-stale] "
+                f"for a fraction R, or one of {list(controller_names(spaces))}"
             )
         name = controller.name
         if name in out:
@@ -106,7 +110,8 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
 def plan_label(plan: Mapping[str, Any], config: EnvConfig, spaces: Spaces) -> str:
     """A short name for a plan: its discrete-menu name when it is one, else its non-default fields."""
     parsed = EpochPlan.from_dict(plan)
-    for name, fields in named_plans(spaces.num_teachers, spaces.regression).items():
+    menu = {n: plan_fields(n, spaces.num_teachers, spaces.regression) for n in config.menu or ()}
+    for name, fields in {**named_plans(spaces.num_teachers, spaces.regression), **menu}.items():
         if _plan(fields, config) == parsed:
             return name
     default = _plan({}, config)

@@ -14,9 +14,10 @@ seed; an extension is scored by the mean over seeds of the *objective so far*
 which is the dense reward's return up to a constant (:mod:`envs.reward`), and the ``beam`` best
 extensions are kept (ties: less compute, then menu order). With ``beam = 1`` this is greedy: H
 rounds of ``len(menu)`` one-epoch trials per seed, i.e. ``H x len(menu) x seeds`` decisions, every
-prefix replayed. The result is an open-loop :class:`agents.baselines.ScheduleController` (the same
-plan at step t on every seed), saved as a schedule file that ``compare.py`` and
-``replay_schedule.py`` read.
+prefix replayed. With a compute budget (``max_compute``) only prefixes that can still end within
+it are kept, so the search returns the best schedule it finds under the budget. The result is an
+open-loop :class:`agents.baselines.ScheduleController` (the same plan at step t on every seed),
+saved as a schedule file that ``compare.py`` and ``replay_schedule.py`` read.
 
 Dev is never evaluated: the search env has ``report_dev=False`` and the distiller's dev evaluation
 raises while searching (:func:`agents.protocol.dev_sealed`).
@@ -51,6 +52,8 @@ class Node:
     :param compute: mean compute of the prefix (plain epochs).
     :param per_seed: the objective on each search seed, in seed order.
     :param kept: whether the prefix stayed in the beam.
+    :param feasible: whether the prefix can still end within the search's compute budget
+        (always True without one).
     """
 
     depth: int
@@ -60,6 +63,7 @@ class Node:
     compute: float
     per_seed: tuple[float, ...]
     kept: bool = False
+    feasible: bool = True
 
     @property
     def label(self) -> str:
@@ -76,6 +80,7 @@ class SearchResult:
     :param seeds: the search seeds.
     :param beam: prefixes kept per depth.
     :param cost_weight: points charged per plain epoch in the objective.
+    :param max_compute: the compute budget of a schedule (plain epochs), None = no budget.
     :param cost: episodes, decisions, decisions replayed, epochs trained, CPU and wall seconds.
     """
 
@@ -85,6 +90,7 @@ class SearchResult:
     seeds: tuple[int, ...]
     beam: int
     cost_weight: float
+    max_compute: float | None
     cost: Mapping[str, Any]
 
     @property
@@ -117,6 +123,7 @@ def tree_search(
     seeds: Sequence[int],
     beam: int = 1,
     cost_weight: float | None = None,
+    max_compute: float | None = None,
     progress: Any = None,
 ) -> SearchResult:
     """Search a schedule on ``seeds`` by beam search over the menu (see the module docstring).
@@ -128,9 +135,12 @@ def tree_search(
     :param seeds: the search (training) seeds; keep them disjoint from evaluation seeds.
     :param beam: prefixes kept per depth (1 = greedy).
     :param cost_weight: points per plain epoch; None = the env's ``cost_weight``.
+    :param max_compute: a budget (plain epochs) the schedule must fit: a prefix is kept only if its
+        compute plus the remaining decisions at the cheapest step cost measured so far stays within
+        it (``feasible``), so the result is the best schedule the search found under the budget.
     :param progress: a tqdm-like bar updated once per scored (prefix, seed).
     :raises ConfigError: an empty menu or seed list, a beam below 1, branching off or too small,
-        or an env that reports dev.
+        an env that reports dev, a budget that is not positive, or one no prefix fits.
     """
     seeds = tuple(int(s) for s in seeds)
     if not menu:
@@ -148,15 +158,20 @@ def tree_search(
         )
     if env.config.report_dev:
         raise ConfigError("the search env must not report dev (EnvConfig.report_dev=False); dev never steers learning")
+    if max_compute is not None and not (isinstance(max_compute, (int, float)) and max_compute > 0):
+        raise ConfigError(f"max_compute={max_compute!r} must be a positive budget in plain epochs, or None")
     weight = env.config.cost_weight if cost_weight is None else float(cost_weight)
+    horizon = env.steps_per_episode
+    cheapest_step = float("inf")  # the lowest compute one decision has cost so far
     names = list(menu)
     order = {n: i for i, n in enumerate(names)}
     cost = PhaseCost()
     hits0, cpu0, wall0 = env.branches.hits, time.process_time(), time.perf_counter()
     beams: list[tuple[str, ...]] = [()]
+    spent: dict[tuple[str, ...], float] = {(): 0.0}
     nodes: list[Node] = []
     with dev_sealed(env.distiller):
-        for depth in range(1, env.steps_per_episode + 1):
+        for depth in range(1, horizon + 1):
             scored = []
             for prefix in beams:
                 for name in names:
@@ -171,18 +186,32 @@ def tree_search(
                         ctrl_score=sum(c for c, _ in runs) / len(seeds), compute=sum(k for _, k in runs) / len(seeds),
                         per_seed=per_seed,
                     ))
-            ranked = sorted(scored, key=lambda n: (-n.objective, n.compute, [order[x] for x in n.names]))
+            cheapest_step = min(cheapest_step, *(n.compute - spent[n.names[:-1]] for n in scored))
+            if max_compute is not None:
+                scored = [replace(n, feasible=n.compute + (horizon - depth) * cheapest_step <= max_compute + 1e-9)
+                          for n in scored]
+            ranked = sorted((n for n in scored if n.feasible),
+                            key=lambda n: (-n.objective, n.compute, [order[x] for x in n.names]))
+            if not ranked:
+                low = min(n.compute + (horizon - depth) * cheapest_step for n in scored)
+                raise ConfigError(
+                    f"no schedule fits max_compute={max_compute:g} plain epochs: at depth {depth} the cheapest "
+                    f"prefix needs at least {low:.2f} (its compute plus {horizon - depth} decision(s) at the "
+                    f"cheapest step cost, {cheapest_step:.2f}); raise --max-compute or offer cheaper plans"
+                )
             keep = {n.names for n in ranked[:beam]}
             nodes.extend(replace(n, kept=n.names in keep) for n in scored)
             beams = [n.names for n in ranked[:beam]]
-    cost.episodes = sum(n.depth == env.steps_per_episode for n in nodes) * len(seeds)  # complete episodes
+            spent = {n.names: n.compute for n in ranked[:beam]}
+    cost.episodes = sum(n.depth == horizon for n in nodes) * len(seeds)  # complete episodes
     cost.decisions_replayed = env.branches.hits - hits0
     cost.cpu_seconds = time.process_time() - cpu0
     cost.wall_seconds = time.perf_counter() - wall0
     best = beams[0]
     return SearchResult(
         names=best, plans=tuple(menu[n] for n in best), nodes=tuple(nodes), seeds=seeds, beam=beam,
-        cost_weight=weight, cost=cost.to_dict(env.decisions_per_epoch),
+        cost_weight=weight, max_compute=None if max_compute is None else float(max_compute),
+        cost=cost.to_dict(env.decisions_per_epoch),
     )
 
 
@@ -205,15 +234,15 @@ def write_search(out: str | Path, result: SearchResult, **metadata: Any) -> Path
     out = Path(out)
     summary = {
         "schedule": list(result.names), "seeds": list(result.seeds), "beam": result.beam,
-        "cost_weight": result.cost_weight, "objective": "100 x ctrl score - cost_weight x compute (plain epochs)",
+        "cost_weight": result.cost_weight, "max_compute": result.max_compute, "objective": "100 x ctrl score - cost_weight x compute (plain epochs)",
         "cost": dict(result.cost), **metadata,
     }
     result.controller().save(out / "schedule.json", controller="tree-search", **summary)
-    fields = ("depth", "schedule", "objective", "ctrl_score", "compute", "kept", "per_seed")
+    fields = ("depth", "schedule", "objective", "ctrl_score", "compute", "kept", "feasible", "per_seed")
     lines = [",".join(fields)]
     for n in result.nodes:
         per_seed = " ".join(f"{v:.3f}" for v in n.per_seed)
-        lines.append(f"{n.depth},{n.label},{n.objective:.4f},{n.ctrl_score:.5f},{n.compute:.4f},{int(n.kept)},{per_seed}")
+        lines.append(f"{n.depth},{n.label},{n.objective:.4f},{n.ctrl_score:.5f},{n.compute:.4f},{int(n.kept)},{int(n.feasible)},{per_seed}")
     atomic_write_text(out / "search.csv", "\n".join(lines) + "\n")
     atomic_write_json(out / "search.json", {**summary, "nodes": [{**asdict(n), "label": n.label} for n in result.nodes]})
     return out
@@ -221,12 +250,13 @@ def write_search(out: str | Path, result: SearchResult, **metadata: Any) -> Path
 
 def format_search(result: SearchResult) -> str:
     """The search, depth by depth: every extension of the kept prefixes, the kept ones marked."""
-    lines = [f"tree search (beam {result.beam}, cost_weight {result.cost_weight:g}, seeds {list(result.seeds)}): "
-             f"objective = 100 x ctrl - cost_weight x compute"]
+    budget = "" if result.max_compute is None else f", max_compute {result.max_compute:g}"
+    lines = [f"tree search (beam {result.beam}, cost_weight {result.cost_weight:g}{budget}, seeds {list(result.seeds)}): "
+             f"objective = 100 x ctrl - cost_weight x compute" + ("; x = over the budget" if budget else "")]
     for depth in sorted({n.depth for n in result.nodes}):
         lines.append(f"  depth {depth}:")
         for n in sorted((n for n in result.nodes if n.depth == depth), key=lambda n: -n.objective):
-            mark = "*" if n.kept else " "
+            mark = "*" if n.kept else (" " if n.feasible else "x")
             lines.append(f"   {mark} {n.label:<48} objective {n.objective:7.2f}  ctrl {100 * n.ctrl_score:5.1f}  "
                          f"compute {n.compute:.2f}")
     c = result.cost

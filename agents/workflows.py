@@ -272,7 +272,7 @@ def search_schedule(cfg: SearchConfig) -> SearchResult:
     from tqdm.auto import tqdm
 
     with tqdm(total=trials, desc="search", unit="trial", disable=not cfg.env.backend.progress) as bar:
-        result = tree_search(env, menu, cfg.seeds, beam=cfg.beam, progress=bar)
+        result = tree_search(env, menu, cfg.seeds, beam=cfg.beam, max_compute=cfg.max_compute, progress=bar)
     write_search(out, result, task=env.distiller.spec.name, teachers=list(env.teacher_names), menu=list(menu))
     print(f"\n{format_search(result)}")
     print(f"\nwrote {out}/: schedule.json search.csv search.json config.yaml")

@@ -20,6 +20,7 @@ from envs.actions import (
     default_menu,
     make_codec,
     named_plans,
+    plan_fields,
 )
 from envs.config import EnvConfig, tiny_backend, tiny_config
 from envs.distillation_env import DistillationEnv
@@ -36,6 +37,6 @@ if "DynamicKD-tiny-v0" not in gymnasium.registry:
 
 __all__ = [
     "ActionCodec", "BoxCodec", "DistillationEnv", "EnvConfig", "MenuCodec", "MultiDiscreteCodec", "StepInfo", "default_menu",
-    "make_codec", "named_plans", "observation_names", "observation_space", "is_step_info", "step_reward", "tiny_backend",
+    "make_codec", "named_plans", "plan_fields", "observation_names", "observation_space", "is_step_info", "step_reward", "tiny_backend",
     "tiny_config",
 ]

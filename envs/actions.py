@@ -13,6 +13,7 @@ first, as in the backend.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -97,6 +98,42 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
         if num_teachers > 1:
             plans["paper-combined"] = paper_plan("combined")
     return plans
+
+
+_FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale))?")
+
+
+def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[str, Any]:
+    """The ``EpochPlan`` fields of a menu name: a named plan (:func:`named_plans`), or any fraction.
+
+    Besides the named plans, ``frac-R``, ``frac-R-random`` and ``frac-R-stale`` name an epoch-scope
+    selection of any fraction ``R`` in (0, 1] (e.g. ``frac-0.45-stale``), built as the named
+    ``frac-0.3*`` plans are: by entropy (fresh scoring pass), at random (no scoring pass), or by each
+    instance's entropy from its last forward pass.
+
+    :raises ConfigError: a name that is neither, naming the valid ones.
+    """
+    available = named_plans(num_teachers, regression)
+    if name in available:
+        return dict(available[name])
+    match = _FRACTION_NAME.fullmatch(name)
+    if match is not None and 0.0 < float(match.group(1)) <= 1.0:
+        kind = match.group(2)
+        if kind is not None and regression:
+            raise ConfigError(
+                f"plan {name!r} selects by or against the student's uncertainty, which a regression "
+                f"task lacks; use frac-{match.group(1)} (random selection for regression)"
+            )
+        rule = "random" if regression or kind == "random" else "entropy"
+        fields: dict[str, Any] = {"fraction": float(match.group(1)), "selection": rule, "scope": "epoch"}
+        if kind == "stale":
+            fields["scoring"] = "stale"
+        return fields
+    raise ConfigError(
+        f"unknown plan name {name!r}; for {num_teachers} teacher(s) on a "
+        f"{'regression' if regression else 'classification'} task the names are {list(available)}, "
+        "or frac-R / frac-R-random / frac-R-stale for a fraction R in (0, 1]"
+    )
 
 
 NOT_IN_DEFAULT_MENU = ("objective-uncertainty-r", "frac-0.3-random", "frac-0.3-stale")
@@ -206,17 +243,22 @@ class MenuCodec(ActionCodec):
 
     def __init__(self, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
         super().__init__(config, num_teachers, regression)
-        available = named_plans(num_teachers, regression)
         names = config.menu if config.menu is not None else default_menu(num_teachers, regression)
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise ConfigError(
-                f"EnvConfig.menu has unknown plan name(s) {unknown}; for {num_teachers} teacher(s) on a "
-                f"{'regression' if regression else 'classification'} task the names are {list(available)}"
-            )
+        entries = []
+        for n in names:
+            try:
+                entries.append(plan_fields(n, num_teachers, regression))
+            except ConfigError as err:
+                raise ConfigError(f"EnvConfig.menu: {err}") from None
         self.names: tuple[str, ...] = tuple(names)
-        self._entries = tuple(available[n] for n in self.names)
+        self._entries = tuple(entries)
         self.plans: tuple[EpochPlan, ...] = tuple(self._plan(fields) for fields in self._entries)
+        for i, plan in enumerate(self.plans):
+            if plan in self.plans[:i]:
+                first = self.names[self.plans.index(plan)]
+                raise ConfigError(
+                    f"EnvConfig.menu lists the same plan twice: {first!r} and {self.names[i]!r}; drop one"
+                )
         self.space = spaces.Discrete(len(self.names))
 
     @property
