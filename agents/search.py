@@ -261,6 +261,6 @@ def format_search(result: SearchResult) -> str:
                          f"compute {n.compute:.2f}")
     c = result.cost
     lines.append(f"schedule: {result.label}")
-    lines.append(f"cost: {c['decisions']} decisions, {c['decisions_replayed']} replayed, {c['epochs_trained']:.0f} epochs "
-                 f"trained, {c['cpu_seconds']:.0f} CPU s")
+    lines.append(f"cost: {c['decisions']} decisions, {c['decisions_replayed']} replayed, {c['decisions'] - c['decisions_replayed']} trained "
+                 f"(one decision: one epoch or part of one), {c['cpu_seconds']:.0f} CPU s")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from envs import (
     MenuCodec,
     MultiDiscreteCodec,
     named_plans,
+    plan_fields,
     tiny_config,
 )
 from envs.observation import LOSS_CAP, observation_names, observation_space
@@ -109,6 +110,26 @@ def test_menu_is_configurable_and_names_unknown_plans():
         MenuCodec(EnvConfig(menu=("kd-t7",)), num_teachers=2)
     with pytest.raises(ConfigError, match="not on the menu"):
         codec.encode(EpochPlan(fraction=0.5))
+
+
+def test_menu_names_any_fraction_and_refuses_the_same_plan_twice():
+    codec = MenuCodec(EnvConfig(menu=("frac-0.45-stale", "frac-0.5-random", "frac-0.25", "frac-1")), num_teachers=2)
+    stale, rand, fresh, full = (codec.decode(i) for i in range(4))
+    assert (stale.fraction, stale.selection, stale.scope, stale.scoring) == (0.45, "entropy", "epoch", "stale")
+    assert (rand.fraction, rand.selection, rand.scoring) == (0.5, "random", "fresh")
+    assert (fresh.fraction, fresh.selection, fresh.scoring) == (0.25, "entropy", "fresh")
+    assert full.fraction == 1.0 and not full.needs_uncertainty
+    # the parsed name is the named plan where one exists
+    assert plan_fields("frac-0.3-stale", 2) == named_plans(2)["frac-0.3-stale"]
+    assert plan_fields("frac-.3-random", 2) == named_plans(2)["frac-0.3-random"]
+    assert plan_fields("frac-0.4", 2, regression=True)["selection"] == "random"
+    for bad in ("frac-0", "frac-1.5", "frac-0.3-margin", "frac-x"):
+        with pytest.raises(ConfigError, match="frac-R-stale"):
+            plan_fields(bad, 2)
+    with pytest.raises(ConfigError, match="regression"):
+        plan_fields("frac-0.4-stale", 2, regression=True)
+    with pytest.raises(ConfigError, match="'frac-0.3-stale' and 'frac-0.30-stale'"):
+        MenuCodec(EnvConfig(menu=("frac-0.3-stale", "frac-0.30-stale")), num_teachers=2)
 
 
 def test_regression_menu_has_no_uncertainty_plans():

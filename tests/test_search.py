@@ -108,6 +108,31 @@ def test_search_refuses_what_would_break_it(config, distiller):
         tree_search(env, menu, [1, 1])
 
 
+def test_a_budget_keeps_only_prefixes_that_can_end_within_it(config, distiller, tmp_path):
+    env = DistillationEnv(config, distiller=distiller)
+    menu = menu_plans(env)
+    free = tree_search(env, menu, [5], beam=len(menu))
+    step = {n.names[0]: n.compute for n in free.nodes if n.depth == 1}
+    cheap, full = step["frac-0.3-random"], step["kd-t1"]
+    budget = full + 1.5 * cheap  # one full decision and one cheap one fit; two full ones do not
+    result = tree_search(env, menu, [5], beam=len(menu), max_compute=budget)
+    finals = [n for n in result.nodes if n.depth == 2]
+    assert all(n.feasible == (n.compute <= budget) for n in finals)
+    assert any(not n.feasible for n in finals) and any(n.feasible for n in finals)
+    best = max((n for n in finals if n.feasible), key=lambda n: n.objective)
+    assert result.names == best.names and result.max_compute == budget
+    # the unconstrained search scored the same nodes the same way (branching replays them)
+    same = {n.names: n.objective for n in free.nodes}
+    assert all(same[n.names] == n.objective for n in result.nodes)
+    write_search(tmp_path, result)
+    assert json.loads((tmp_path / "search.json").read_text())["max_compute"] == budget
+    assert "x " in format_search(result) and "over the budget" in format_search(result)
+    with pytest.raises(ConfigError, match="raise --max-compute"):
+        tree_search(env, menu, [5], max_compute=0.5 * cheap)
+    with pytest.raises(ConfigError, match="positive"):
+        tree_search(env, menu, [5], max_compute=-1.0)
+
+
 def test_search_schedule_script_writes_a_schedule_compare_reads(config, tmp_path):
 
     cfg_path = tmp_path / "tiny.yaml"
