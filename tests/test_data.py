@@ -362,10 +362,11 @@ def test_text_split_validation_and_immutability() -> None:
         TaskData(GLUE_TASKS["sst2"], split, split, TextSplit(("a",), None, np.array([2])))
 
 
+@needs_glue
 def test_ctrl_follows_dev_lengths_on_sst2_and_random_restores_the_uniform_hold_out():
     from kd_backend.data import select_ctrl, text_lengths
 
-    glue = "../shared/data/glue"
+    glue = str(GLUE_DIR)  # not relative to the working directory: pytest may run from anywhere
     matched = load_task("glue/sst2", glue, ctrl_max=1000, train_limit=2000)
     uniform = load_task("glue/sst2", glue, ctrl_max=1000, train_limit=2000, ctrl_rule="random")
     dev_mean = text_lengths(matched.dev).mean()  # whole sentences: ~19.5 words

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from kd_backend.errors import ConfigError, DataError
 from kd_backend.pipeline import build_distiller, load_task_data
 from kd_backend.plan import EpochPlan
 from kd_backend.synthetic import SyntheticConfig
+
+GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 
 
 def test_synthetic_transfer_rows_are_new_unlabelled_sentences():
@@ -24,13 +28,14 @@ def test_synthetic_transfer_rows_are_new_unlabelled_sentences():
     assert not set(task.train.text_a[n:]) & set(plain.train.text_a) - {""}  # an independent stream (few repeats)
 
 
+@pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE data folder {GLUE_DIR} not found")
 def test_file_transfer_rows_come_from_rows_left_unused(tmp_path):
-    task = load_task("glue/sst2", "../shared/data/glue", train_limit=300, dev_limit=50, transfer=200, ctrl_max=100)
+    task = load_task("glue/sst2", str(GLUE_DIR), train_limit=300, dev_limit=50, transfer=200, ctrl_max=100)
     labelled = set(np.asarray(task.train.text_a)[task.train.labelled]) | set(task.ctrl.text_a)
     transfer = np.asarray(task.train.text_a)[~task.train.labelled]
     assert len(transfer) == 200 and not labelled & set(transfer)
     with pytest.raises(ConfigError, match="left beyond train_limit; lower transfer or train_limit"):
-        load_task("glue/sst2", "../shared/data/glue", transfer=10)  # no train_limit: no row is unused
+        load_task("glue/sst2", str(GLUE_DIR), transfer=10)  # no train_limit: no row is unused
 
 
 def test_only_train_may_hold_unlabelled_rows():
