@@ -75,7 +75,6 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
     :param seed: seed of the ``random`` controller.
     :raises ConfigError: an unknown name, or a file that is missing or does not fit the env.
     """
-    plans = named_plans(spaces.num_teachers, spaces.regression)
     out: dict[str, Any] = {}
     for spec in specs:
         if spec.endswith(".zip"):
@@ -89,17 +88,15 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
             controller.plan = _plan(controller.plan.to_dict(), config)
             if spaces.regression and controller.plan.needs_uncertainty:
                 raise ConfigError(f"baseline {spec!r} needs the student's uncertainty, which a regression task lacks")
-        elif spec in plans or spec.startswith("frac-"):
+        else:  # a plan name: a named plan or any frac-R[-random|-stale]
             try:
                 fields = plan_fields(spec, spaces.num_teachers, spaces.regression)
             except ConfigError as err:
-                raise ConfigError(f"controller {spec!r}: {err}") from None
+                raise ConfigError(
+                    f"unknown controller {spec!r} ({err}); use a policy .zip, a schedule .json, a plan name "
+                    f"or one of {list(controller_names(spaces))}"
+                ) from None
             controller = StaticController(_plan(fields, config), name=spec)
-        else:
-            raise ConfigError(
-                f"unknown controller {spec!r}; use a policy .zip, a schedule .json, frac-R[-random|-stale] "
-                f"for a fraction R, or one of {list(controller_names(spaces))}"
-            )
         name = controller.name
         if name in out:
             raise ConfigError(f"controller {name!r} is listed twice")
