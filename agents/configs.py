@@ -133,9 +133,10 @@ class LearnConfig:
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     """Controllers to compare the learned policy with: a plan name of the discrete menu (``kd-t0``
     = smallest teacher alone, ``kd-t1``, ``kd-mean``, ``ce-only``, ``frac-0.3``, ``pkd``, ...; see
-    ``envs.actions.named_plans``) applied every step, ``paper-adoption`` / ``paper-selection`` /
-    ``paper-objective`` / ``paper-combined`` (Li et al.'s heuristics), ``random``, a policy ``.zip``
-    or a schedule ``.json``."""
+    ``envs.actions.named_plans``; or ``frac-R[-random|-stale][-tK]``, see ``envs.plan_fields``) applied
+    every step, ``paper-adoption`` / ``paper-selection`` / ``paper-objective`` / ``paper-combined``
+    (Li et al.'s heuristics), ``random``, a policy ``.zip``, a schedule ``.json``, or a schedule
+    written as plan names joined by ``>``, one per decision (``kd-t1>frac-0.3-stale>frac-0.3-stale``)."""
     seed_pool: int | None = 4
     """Training episode i uses student seed ``backend.seed + (i mod seed_pool)``; None = a new seed
     per episode. With ``env.branch_cache`` on, a pool lets episodes that repeat a seed and a prefix
@@ -290,8 +291,9 @@ class CompareConfig:
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=default_env)
     """The KD run as an environment (policies must have been learned with matching spaces)."""
     controllers: tuple[str, ...] = DEFAULT_BASELINES
-    """Controllers: baseline names (as ``--baselines`` of learn_policy.py), policy ``.zip`` files
-    and schedule ``.json`` files."""
+    """Controllers: baseline names (as ``--baselines`` of learn_policy.py), policy ``.zip`` files,
+    schedule ``.json`` files and schedules written as plan names joined by ``>``, one per decision
+    (``ce-only>kd-t1>kd-t1``)."""
     seeds: tuple[int, ...] | None = None
     """Student seeds (the evaluation seeds): one episode per seed and controller; None =
     10000-10002, or 10000-10004 with ``--protocol`` (which needs at least 5)."""

@@ -69,7 +69,8 @@ def _plan(fields: Mapping[str, Any], config: EnvConfig) -> EpochPlan:
 
 
 def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, seed: int = 0) -> dict[str, Any]:
-    """Controllers by name, in order: baselines, policies (``*.zip``) and schedules (``*.json``).
+    """Controllers by name, in order: baselines, policies (``*.zip``), schedules (``*.json``, or plan
+    names joined by ``>``, one per decision: ``kd-t1>frac-0.3-stale>frac-0.3-stale``).
 
     :param specs: see :attr:`LearnConfig.baselines`.
     :param seed: seed of the ``random`` controller.
@@ -83,6 +84,8 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
             controller = load_schedule(spec, config, spaces)
         elif spec == "random":
             controller = RandomController(spaces.action, seed=seed)
+        elif ">" in spec:
+            controller = _named_schedule(spec, config, spaces)
         elif spec in PAPER_HEURISTICS:
             controller = PaperHeuristic(spec.removeprefix("paper-"))  # type: ignore[arg-type]
             controller.plan = _plan(controller.plan.to_dict(), config)
@@ -102,6 +105,23 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
             raise ConfigError(f"controller {name!r} is listed twice")
         out[name] = controller
     return out
+
+
+def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleController:
+    """``A>B>C``: plan names, one per decision (as the search and the protocol label schedules)."""
+    names = spec.split(">")
+    if len(names) != config.steps_per_episode:
+        raise ConfigError(
+            f"schedule {spec!r} names {len(names)} plan(s) but an episode has {config.steps_per_episode} "
+            f"decisions; write one plan name per decision, e.g. {'>'.join((names + names[-1:] * config.steps_per_episode)[: config.steps_per_episode])}"
+        )
+    plans = []
+    for i, name in enumerate(names):
+        try:
+            plans.append(_plan(plan_fields(name, spaces.num_teachers, spaces.regression), config))
+        except ConfigError as err:
+            raise ConfigError(f"schedule {spec!r} step {i}: {err}") from None
+    return ScheduleController(plans, name=spec)
 
 
 def plan_label(plan: Mapping[str, Any], config: EnvConfig, spaces: Spaces) -> str:

@@ -100,7 +100,7 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
     return plans
 
 
-_FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale))?")
+_FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale))?(?:-t(\d+))?")
 
 
 def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[str, Any]:
@@ -109,7 +109,8 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
     Besides the named plans, ``frac-R``, ``frac-R-random`` and ``frac-R-stale`` name an epoch-scope
     selection of any fraction ``R`` in (0, 1] (e.g. ``frac-0.45-stale``), built as the named
     ``frac-0.3*`` plans are: by entropy (fresh scoring pass), at random (no scoring pass), or by each
-    instance's entropy from its last forward pass.
+    instance's entropy from its last forward pass. These distil from the teachers' mean; a suffix
+    ``-tK`` distils from teacher ``K`` alone, as ``kd-tK`` does (e.g. ``frac-0.3-stale-t1``).
 
     :raises ConfigError: a name that is neither, naming the valid ones.
     """
@@ -118,6 +119,12 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
         return dict(available[name])
     match = _FRACTION_NAME.fullmatch(name)
     if match is not None and 0.0 < float(match.group(1)) <= 1.0:
+        teacher = match.group(3)
+        if teacher is not None and int(teacher) >= num_teachers:
+            raise ConfigError(
+                f"plan {name!r} names teacher {teacher}, but there are {num_teachers} teacher(s): "
+                f"use -t0 … -t{num_teachers - 1} (smallest first)"
+            )
         kind = match.group(2)
         if kind is not None and regression:
             raise ConfigError(
@@ -128,11 +135,14 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
         fields: dict[str, Any] = {"fraction": float(match.group(1)), "selection": rule, "scope": "epoch"}
         if kind == "stale":
             fields["scoring"] = "stale"
+        if teacher is not None:
+            fields["teacher_weights"] = _one_hot(int(teacher), num_teachers)
         return fields
     raise ConfigError(
         f"unknown plan name {name!r}; for {num_teachers} teacher(s) on a "
         f"{'regression' if regression else 'classification'} task the names are {list(available)}, "
-        "or frac-R / frac-R-random / frac-R-stale for a fraction R in (0, 1]"
+        "or frac-R / frac-R-random / frac-R-stale for a fraction R in (0, 1], each with an optional "
+        "-tK to distil from teacher K alone"
     )
 
 

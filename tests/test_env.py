@@ -123,6 +123,8 @@ def test_menu_names_any_fraction_and_refuses_the_same_plan_twice():
     assert plan_fields("frac-0.3-stale", 2) == named_plans(2)["frac-0.3-stale"]
     assert plan_fields("frac-.3-random", 2) == named_plans(2)["frac-0.3-random"]
     assert plan_fields("frac-0.4", 2, regression=True)["selection"] == "random"
+    assert plan_fields("frac-0.45-stale-t0", 2)["teacher_weights"] == (1.0, 0.0)  # -tK: teacher K alone
+    assert "teacher_weights" not in plan_fields("frac-0.45-stale", 2)  # else the teachers' mean
     for bad in ("frac-0", "frac-1.5", "frac-0.3-margin", "frac-x"):
         with pytest.raises(ConfigError, match="frac-R-stale"):
             plan_fields(bad, 2)

@@ -345,6 +345,23 @@ def test_shipped_configs():
         assert set(build_controllers(cfg.baselines, cfg.env, spaces)) == set(cfg.baselines)
 
 
+def test_schedules_by_plan_names_and_teacher_suffixes_build_without_work():
+    cfg = load_config_file(LearnConfig, REPO / "experiments" / "configs" / "sst2_minilm_cpu.yaml")
+    spaces = expected_spaces(cfg.env)  # 3 teachers, 3 decisions per episode
+    ctrls = build_controllers(["kd-t1>frac-0.3-stale-t1>frac-0.4-random", "frac-0.3-stale-t2"], cfg.env, spaces)
+    first, stale, rand = ctrls["kd-t1>frac-0.3-stale-t1>frac-0.4-random"].plans
+    assert first.teacher_weights == (0.0, 1.0, 0.0) and first.fraction == 1.0
+    assert (stale.fraction, stale.scoring, stale.teacher_weights) == (0.3, "stale", (0.0, 1.0, 0.0))
+    assert (rand.fraction, rand.selection, rand.teacher_weights) == (0.4, "random", None)  # the teachers' mean
+    assert ctrls["frac-0.3-stale-t2"].plan.teacher_weights == (0.0, 0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"names 2 plan\(s\) but an episode has 3 decisions.*kd-t1>kd-t2>kd-t2"):
+        build_controllers(["kd-t1>kd-t2"], cfg.env, spaces)
+    with pytest.raises(ConfigError, match="step 1: unknown plan name 'kd-t9'"):
+        build_controllers(["kd-t1>kd-t9>kd-t1"], cfg.env, spaces)
+    with pytest.raises(ConfigError, match=r"names teacher 3, but there are 3 teacher\(s\): use -t0 … -t2"):
+        build_controllers(["frac-0.3-t3"], cfg.env, spaces)
+
+
 def test_threads_default_to_one_for_tiny_cpu_students():
     import torch
 
