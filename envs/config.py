@@ -40,7 +40,8 @@ class EnvConfig:
     fraction x selection x KD weight x hidden weight x objective; PPO, A2C) or ``box`` in [-1, 1]
     (teacher mixture logits, fraction, KD and hidden weights; PPO, A2C, SAC)."""
     menu: tuple[str, ...] | None = None
-    """Names of the plans of the ``discrete`` menu (see ``envs.actions.named_plans``); None = the default menu."""
+    """Names of the plans of the ``discrete`` menu (see ``envs.actions.named_plans``), or any
+    ``frac-R[-random|-stale][-tK]`` (``envs.actions.plan_fields``); None = the default menu."""
     reward: RewardKind = "dense"
     """``dense``: 100 x (ctrl score now - before) - cost_weight x step compute, every step;
     ``final``: 100 x final ctrl score - cost_weight x episode compute, on the last step (0 before)."""
