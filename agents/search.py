@@ -136,8 +136,11 @@ def tree_search(
     :param beam: prefixes kept per depth (1 = greedy).
     :param cost_weight: points per plain epoch; None = the env's ``cost_weight``.
     :param max_compute: a budget (plain epochs) the schedule must fit: a prefix is kept only if its
-        compute plus the remaining decisions at the cheapest step cost measured so far stays within
-        it (``feasible``), so the result is the best schedule the search found under the budget.
+        compute plus the remaining decisions, each at the least a step can cost, stays within it
+        (``feasible``), so the result is the best schedule the search found under the budget. The
+        least a step can cost is the cheapest step measured so far or the menu's smallest data share
+        times the cheapest full-data step, whichever is lower; complete schedules are checked on
+        their measured compute.
     :param progress: a tqdm-like bar updated once per scored (prefix, seed).
     :raises ConfigError: an empty menu or seed list, a beam below 1, branching off or too small,
         an env that reports dev, a budget that is not positive, or one no prefix fits.
@@ -162,7 +165,12 @@ def tree_search(
         raise ConfigError(f"max_compute={max_compute!r} must be a positive budget in plain epochs, or None")
     weight = env.config.cost_weight if cost_weight is None else float(cost_weight)
     horizon = env.steps_per_episode
-    cheapest_step = float("inf")  # the lowest compute one decision has cost so far
+    # What a later decision costs at least: the cheapest step measured so far, or the smallest data
+    # share of the menu times the cheapest full-data step, whichever is lower. (A step's cost depends
+    # on the state: a stale-scored selection from scratch first scores the whole pool, ~r + 1/3, but
+    # only ~r after an epoch, so first steps alone would overprice the later ones.)
+    share = {n: p.fraction if p.scope == "epoch" else 1.0 for n, p in menu.items()}
+    cheapest_step = cheapest_full = float("inf")
     names = list(menu)
     order = {n: i for i, n in enumerate(names)}
     cost = PhaseCost()
@@ -186,18 +194,21 @@ def tree_search(
                         ctrl_score=sum(c for c, _ in runs) / len(seeds), compute=sum(k for _, k in runs) / len(seeds),
                         per_seed=per_seed,
                     ))
-            cheapest_step = min(cheapest_step, *(n.compute - spent[n.names[:-1]] for n in scored))
+            steps = [(n.compute - spent[n.names[:-1]], share[n.names[-1]]) for n in scored]
+            cheapest_step = min(cheapest_step, *(c for c, _ in steps))
+            cheapest_full = min(cheapest_full, *(c for c, r in steps if r == 1.0), float("inf"))
+            floor = min(cheapest_step, min(share.values()) * cheapest_full)
             if max_compute is not None:
-                scored = [replace(n, feasible=n.compute + (horizon - depth) * cheapest_step <= max_compute + 1e-9)
+                scored = [replace(n, feasible=n.compute + (horizon - depth) * floor <= max_compute + 1e-9)
                           for n in scored]
             ranked = sorted((n for n in scored if n.feasible),
                             key=lambda n: (-n.objective, n.compute, [order[x] for x in n.names]))
             if not ranked:
-                low = min(n.compute + (horizon - depth) * cheapest_step for n in scored)
+                low = min(n.compute + (horizon - depth) * floor for n in scored)
                 raise ConfigError(
                     f"no schedule fits max_compute={max_compute:g} plain epochs: at depth {depth} the cheapest "
                     f"prefix needs at least {low:.2f} (its compute plus {horizon - depth} decision(s) at the "
-                    f"cheapest step cost, {cheapest_step:.2f}); raise --max-compute or offer cheaper plans"
+                    f"least a step can cost, {floor:.2f}); raise --max-compute or offer cheaper plans"
                 )
             keep = {n.names for n in ranked[:beam]}
             nodes.extend(replace(n, kept=n.names in keep) for n in scored)

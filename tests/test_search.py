@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,26 @@ def test_a_budget_keeps_only_prefixes_that_can_end_within_it(config, distiller, 
         tree_search(env, menu, [5], max_compute=0.5 * cheap)
     with pytest.raises(ConfigError, match="positive"):
         tree_search(env, menu, [5], max_compute=-1.0)
+
+
+def test_a_budget_prices_later_steps_by_their_data_share_not_by_a_first_step(config, distiller):
+    # A stale-scored selection from scratch first scores the whole pool (~r + 1/3); after a full
+    # epoch it costs ~r. Pricing the later decision at the first step's cost would reject a schedule
+    # that fits: the search must keep kd-t1 at depth 1 and score kd-t1>frac-0.3-stale.
+    env = DistillationEnv(config, distiller=distiller)
+    full = menu_plans(env)["kd-t1"]
+    menu = {"kd-t1": full, "frac-0.3-stale": replace(full, fraction=0.3, selection="entropy", scope="epoch", scoring="stale")}
+    free = tree_search(env, menu, [5], beam=2)
+    cost = {n.names: n.compute for n in free.nodes}
+    first, later = cost[("frac-0.3-stale",)], cost[("kd-t1", "frac-0.3-stale")] - cost[("kd-t1",)]
+    assert later < first
+    budget = cost[("kd-t1",)] + (later + first) / 2  # fits kd-t1 then stale, not at the first step's price
+    assert cost[("kd-t1",)] + first > budget  # what pricing by the first steps would have assumed
+    result = tree_search(env, menu, [5], beam=2, max_compute=budget)
+    finals = {n.names: n for n in result.nodes if n.depth == 2}
+    assert finals[("kd-t1", "frac-0.3-stale")].feasible
+    assert all(n.feasible == (n.compute <= budget) for n in finals.values())
+    assert result.names == max((n for n in finals.values() if n.feasible), key=lambda n: n.objective).names
 
 
 def test_search_schedule_script_writes_a_schedule_compare_reads(config, tmp_path):
