@@ -31,7 +31,7 @@ from agents.vec_env import SeededEpisodes, make_vec_env
 from envs import DistillationEnv
 from envs.records import StepInfo, is_step_info
 from kd_backend.errors import ConfigError
-from kd_backend.locking import LOCK_FILE, claim_folder
+from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
 from kd_backend.pipeline import config_dict
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def prepare_run_dir(config: LearnConfig) -> Path:
         claim_folder(run_dir, resume=True, flag="--resume")
         check_resume(config, run_dir)
         return run_dir
+    # a file where the folder should be, or no write access: refused now, not after the teachers are built
+    check_folder(run_dir, overwrite=True, flag="--runs-dir")
     if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()) and not config.overwrite:
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, start over with "
