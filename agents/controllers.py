@@ -110,10 +110,12 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
 def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleController:
     """``A>B>C``: plan names, one per decision (as the search and the protocol label schedules)."""
     names = spec.split(">")
-    if len(names) != config.steps_per_episode:
+    steps = config.steps_per_episode
+    if len(names) != steps:
+        example = ">".join(names[:steps] + names[-1:] * (steps - len(names)))  # cut, or the last repeated
         raise ConfigError(
-            f"schedule {spec!r} names {len(names)} plan(s) but an episode has {config.steps_per_episode} "
-            f"decisions; write one plan name per decision, e.g. {'>'.join((names + names[-1:] * config.steps_per_episode)[: config.steps_per_episode])}"
+            f"schedule {spec!r} names {len(names)} plan(s) but an episode has {steps} decisions; "
+            f"write one plan name per decision, e.g. {example}"
         )
     plans = []
     for i, name in enumerate(names):
