@@ -101,6 +101,7 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
 
 
 _FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale))?(?:-t(\d+))?")
+_LR_SUFFIX = re.compile(r"(.+)-lr(\d*\.?\d+)")
 
 
 def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[str, Any]:
@@ -112,8 +113,20 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
     instance's entropy from its last forward pass. These distil from the teachers' mean; a suffix
     ``-tK`` distils from teacher ``K`` alone, as ``kd-tK`` does (e.g. ``frac-0.3-stale-t1``).
 
+    Any of these names may end in ``-lrX``: the same plan with the run's learning-rate schedule
+    scaled by ``X`` during its epoch (``EpochPlan.lr_scale``; e.g. ``frac-0.3-stale-t1-lr2``).
+
     :raises ConfigError: a name that is neither, naming the valid ones.
     """
+    scaled = _LR_SUFFIX.fullmatch(name)
+    if scaled is not None:
+        scale = float(scaled.group(2))
+        if scale <= 0:
+            raise ConfigError(f"plan {name!r}: the learning-rate scale -lr{scaled.group(2)} must be > 0")
+        base = plan_fields(scaled.group(1), num_teachers, regression)
+        if "lr_scale" in base:
+            raise ConfigError(f"plan {name!r} scales the learning rate twice; keep one -lrX suffix")
+        return {**base, "lr_scale": scale}
     available = named_plans(num_teachers, regression)
     if name in available:
         return dict(available[name])
@@ -142,7 +155,7 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
         f"unknown plan name {name!r}; for {num_teachers} teacher(s) on a "
         f"{'regression' if regression else 'classification'} task the names are {list(available)}, "
         "or frac-R / frac-R-random / frac-R-stale for a fraction R in (0, 1], each with an optional "
-        "-tK to distil from teacher K alone"
+        "-tK to distil from teacher K alone; any name may end in -lrX to scale the learning rate by X"
     )
 
 

@@ -417,7 +417,7 @@ class Distiller:
         with self._own_rng():
             for i, idx in enumerate(iterator):
                 self.progress = start + span * i / max(total_steps, 1)
-                lr = self.config.lr * self._lr_factor(self.progress)
+                lr = self.config.lr * self._lr_factor(self.progress) * plan.lr_scale
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self._train_step(plan, idx, acc)

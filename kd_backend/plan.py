@@ -90,6 +90,11 @@ class EpochPlan:
     """KD temperature T (the paper used T = 1 everywhere)."""
     max_steps: int | None = None
     """Optional cap on optimizer steps in this call (a step budget for sub-epoch decisions)."""
+    lr_scale: float = 1.0
+    """Multiplies the run's learning-rate schedule during this call (the schedule itself, warm-up
+    and linear decay over the run's epochs, is unchanged). An epoch that trains on a fraction r of
+    the data takes about r times the optimizer steps; a scale above 1 lets those fewer steps move
+    the student further."""
 
     def __post_init__(self) -> None:
         _check_choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
@@ -124,6 +129,8 @@ class EpochPlan:
                     "teacher with a positive sum"
                 )
             object.__setattr__(self, "teacher_weights", weights)
+        if not isinstance(self.lr_scale, (int, float)) or not math.isfinite(self.lr_scale) or self.lr_scale <= 0:
+            raise ConfigError(f"EpochPlan.lr_scale={self.lr_scale!r} must be a finite number > 0")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ConfigError(f"EpochPlan.max_steps={self.max_steps!r} must be None or an integer >= 1")
         if self.ce_weight + self.kd_weight + self.hidden_weight <= 0:

@@ -137,6 +137,17 @@ def test_sub_epoch_parts_and_step_budget(task, tokenizer, teachers, tmp_path):
     assert capped.steps == 3 and not capped.epoch_finished
 
 
+def test_lr_scale_multiplies_the_schedule_and_nothing_else(task, tokenizer, teachers, tmp_path):
+    base, scaled = make(task, tokenizer, teachers, tmp_path), make(task, tokenizer, teachers, tmp_path)
+    a, b = base.train_epoch(EpochPlan()), scaled.train_epoch(EpochPlan(lr_scale=2.5))
+    assert b.lr == pytest.approx(2.5 * a.lr) and a.lr > 0  # the same point of the schedule, scaled
+    assert (b.steps, b.examples_trained, b.student_flops) == (a.steps, a.examples_trained, a.student_flops)
+    assert b.losses != a.losses  # the larger steps changed what the student learned
+    assert base.progress == scaled.progress  # the schedule advanced alike
+    with pytest.raises(ConfigError, match="lr_scale"):
+        EpochPlan(lr_scale=0.0)
+
+
 def test_applied_weights_are_reported(task, tokenizer, teachers, tmp_path):
     d = make(task, tokenizer, teachers, tmp_path)
     s = d.train_epoch(EpochPlan(teacher_weights=(0.0, 1.0)))

@@ -125,6 +125,13 @@ def test_menu_names_any_fraction_and_refuses_the_same_plan_twice():
     assert plan_fields("frac-0.4", 2, regression=True)["selection"] == "random"
     assert plan_fields("frac-0.45-stale-t0", 2)["teacher_weights"] == (1.0, 0.0)  # -tK: teacher K alone
     assert "teacher_weights" not in plan_fields("frac-0.45-stale", 2)  # else the teachers' mean
+    # -lrX scales the learning rate of any named or parsed plan
+    assert plan_fields("frac-0.3-stale-t1-lr2.5", 2) == {**plan_fields("frac-0.3-stale-t1", 2), "lr_scale": 2.5}
+    assert plan_fields("kd-t0-lr.5", 2) == {**named_plans(2)["kd-t0"], "lr_scale": 0.5}
+    with pytest.raises(ConfigError, match="twice"):
+        plan_fields("kd-t0-lr2-lr2", 2)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        plan_fields("kd-t0-lr0", 2)
     for bad in ("frac-0", "frac-1.5", "frac-0.3-margin", "frac-x"):
         with pytest.raises(ConfigError, match="frac-R-stale"):
             plan_fields(bad, 2)
