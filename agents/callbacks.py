@@ -227,6 +227,8 @@ class EpisodeLogger(BaseCallback):
                 "ctrl": dict(step.ctrl), "teacher_weights": step.teacher_weights, "step_compute": step.step_compute,
                 "compute_total": step.compute_total, "done": done,
             }
+            if step.initial_ctrl is not None:
+                line["initial_ctrl"] = dict(step.initial_ctrl)
             if done:
                 line.update(final_ctrl_score=step.final_ctrl_score, dev_score=step.dev_score,
                             episode_return=self._returns[i])

@@ -143,6 +143,13 @@ class LearnConfig:
     per episode. With ``env.branch_cache`` on, a pool lets episodes that repeat a seed and a prefix
     of plans continue from the stored state of that prefix instead of retraining it (as a policy
     converges, most episodes share their first epochs)."""
+    surrogate: tuple[str, ...] = ()
+    """Logs of earlier runs to pre-train on: ``episodes.jsonl`` files or run folders, of any task with
+    the same number of teachers and this menu. Before its ``total_episodes`` real episodes the
+    learner learns ``surrogate_episodes`` on a surrogate of the KD run fitted to them
+    (``envs.surrogate``: seconds, not hours). Empty = no pre-training."""
+    surrogate_episodes: int = 2000
+    """With ``surrogate``: episodes of pre-training on it."""
     checkpoint_every: int = 4
     """Save a checkpoint every this many finished episodes (what ``--resume`` continues from); PPO and
     A2C save after the policy update that learns from them."""
@@ -193,6 +200,7 @@ class LearnConfig:
         _positive(owner, "total_episodes", self.total_episodes)
         _positive(owner, "rollout_episodes", self.rollout_episodes, allow_none=True)
         _positive(owner, "checkpoint_every", self.checkpoint_every, minimum=0)
+        _positive(owner, "surrogate_episodes", self.surrogate_episodes)
         _positive(owner, "seed_pool", self.seed_pool, allow_none=True)
         _positive(owner, "threads", self.threads, allow_none=True)
         check_float(owner, "learning_rate", self.learning_rate, 0.0, low_open=True, allow_none=True)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from agents.vec_env import SeededEpisodes, make_vec_env
 from envs import DistillationEnv
 from envs.records import StepInfo, is_step_info
 from kd_backend.errors import ConfigError
+from kd_backend.io import atomic_write_json
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
 from kd_backend.pipeline import config_dict
 
@@ -249,6 +251,47 @@ class EpisodeProgress(BaseCallback):
     def _on_training_end(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+SURROGATE_FILE = "surrogate.json"
+"""The fitted surrogate of a pre-trained run and its cross-validation (:func:`pretrain_on_surrogate`)."""
+
+
+def pretrain_on_surrogate(agent: BaseAlgorithm, config: LearnConfig, env: DistillationEnv, run_dir: Path) -> str:
+    """Learn ``config.surrogate_episodes`` episodes on a surrogate of the KD run fitted to the logs
+    ``config.surrogate`` (:mod:`envs.surrogate`), then hand the learner back its real env.
+
+    The surrogate env has the real env's spaces, so the learner continues on the real env as it
+    is; its SB3 scalars go to TensorBoard as ``surrogate_<n>``; ``episodes.jsonl`` holds real
+    episodes only. The model and its cross-validation are written to ``<run_dir>/surrogate.json``.
+
+    :return: a one-line summary (logged episodes, held-out accuracy) for the report.
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from envs.surrogate import SurrogateModel, cross_validate, make_surrogate_env, read_logs
+
+    logs = read_logs(config.surrogate)
+    model = SurrogateModel.fit(logs)
+    try:
+        check = cross_validate(logs)
+        summary = check.summary()
+        checked: dict[str, Any] | None = dataclasses.asdict(check)
+    except ConfigError as err:  # too few complete episodes to hold any out
+        summary, checked = f"surrogate: not cross-validated ({err})", None
+    regression = env.distiller.spec.is_regression
+    envs = [make_surrogate_env(config.env, model, env.teacher_names, regression) for _ in range(agent.n_envs)]
+    atomic_write_json(run_dir / SURROGATE_FILE, {**model.to_dict(), "cross_validation": checked})
+    real = agent.get_env()
+    start = time.perf_counter()
+    agent.set_env(DummyVecEnv([lambda e=e: e for e in envs]))
+    agent.learn(total_timesteps=config.surrogate_episodes * env.steps_per_episode, tb_log_name="surrogate",
+                reset_num_timesteps=True)
+    agent.set_env(real)
+    summary = (f"{summary}; pre-trained on it for {config.surrogate_episodes} episodes in "
+               f"{time.perf_counter() - start:.0f} s ({logs.num_episodes} logged episodes)")
+    logger.info(summary)
+    return summary
 
 
 def learn(agent: BaseAlgorithm, config: LearnConfig, run_dir: Path, done: int, show_progress: bool) -> int:

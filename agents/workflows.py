@@ -49,6 +49,7 @@ from agents.learning import (
     learn,
     make_learner,
     prepare_run_dir,
+    pretrain_on_surrogate,
     resumable,
 )
 from agents.protocol import (
@@ -137,6 +138,8 @@ def learn_policy(cfg: LearnConfig) -> list[dict]:
     learned = f"learned-{cfg.algo}"
     with resumable(cfg, run_dir):  # Ctrl-C: where the run stands and the --resume command, exit 130
         try:
+            # a resumed run's checkpoint already holds what the pre-training taught it
+            pretrained = pretrain_on_surrogate(agent, cfg, env, run_dir) if cfg.surrogate and done == 0 else None
             learn(agent, cfg, run_dir, done, show)
         finally:
             agent.get_env().close()  # subprocesses / Ray actors of a vector env (the driver's env stays)
@@ -144,6 +147,8 @@ def learn_policy(cfg: LearnConfig) -> list[dict]:
         records = evaluate(env, {learned: agent, **baselines}, cfg.eval_seeds, show)
     best = save_best_schedule(run_dir / "best_schedule.json", records, learned, run=str(run_dir))
     title = f"{cfg.name}: {env.distiller.spec.name}, {cfg.total_episodes} episodes of {cfg.algo}"
+    if cfg.surrogate:
+        title += f" after {cfg.surrogate_episodes} on a surrogate"
     rows = write_comparison(run_dir, records, title=title)
     own = next(r for r in rows if r["controller"] == learned)
     write_hparams(run_dir / "tensorboard", flatten(config_dict(dataclasses.replace(cfg, resume=None, overwrite=False))),
@@ -151,6 +156,8 @@ def learn_policy(cfg: LearnConfig) -> list[dict]:
                    f"{learned}/compute": own["compute"]})
 
     print(f"\n{format_table(rows, title=f'{title} — evaluation on seeds {list(cfg.eval_seeds)}')}")
+    if pretrained:
+        print(pretrained)
     print(f"\nbest learned schedule (seed {best.seed}, chosen by ctrl score):")
     print(describe_schedule(best, cfg.env, spaces))
     print(f"\nwrote {run_dir}/: policy.zip best_schedule.json comparison.csv comparison.png episodes.jsonl")

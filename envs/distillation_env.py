@@ -82,6 +82,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self.episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
         self.distiller.reset(self.episode_seed)
         self._ctrl = self.distiller.evaluate("ctrl")
+        self._initial_ctrl = _public(self._ctrl.to_dict())
         self._t = 0
         self._best = self._ctrl.score
         self._change = 0.0
@@ -142,6 +143,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
             teacher_names=self.teacher_names, epoch=epoch, part=part, plan=plan.to_dict(),
             stats=_public(stats.to_dict()), step_compute=step_compute, reward=float(reward),
             final_ctrl_score=self._ctrl.score if terminated else None, dev=dev,
+            initial_ctrl=self._initial_ctrl if self._t == 1 else None,
         )
         return obs, float(reward), terminated, False, self._last.to_info()
 

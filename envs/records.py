@@ -37,6 +37,9 @@ class StepInfo:
     :param reward: the step's reward.
     :param final_ctrl_score: on the episode's last step, its final ctrl score; else None.
     :param dev: on the last step with ``report_dev``, the dev evaluation (reporting only); else None.
+    :param initial_ctrl: on the episode's first step, the fresh student's ctrl evaluation (the
+        reset's), so that a log of steps holds every state of the episode (:mod:`envs.surrogate`
+        fits to it); else None.
     """
 
     step: int
@@ -52,6 +55,7 @@ class StepInfo:
     reward: float
     final_ctrl_score: float | None = None
     dev: Mapping[str, Any] | None = None
+    initial_ctrl: Mapping[str, Any] | None = None
 
     @property
     def ctrl_score(self) -> float:
@@ -86,6 +90,8 @@ class StepInfo:
         if self.dev is not None:
             info["dev"] = dict(self.dev)
             info["dev_score"] = self.dev_score
+        if self.initial_ctrl is not None:
+            info["initial_ctrl"] = dict(self.initial_ctrl)
         return info
 
     @classmethod
