@@ -1,8 +1,9 @@
 """What a learning run leaves behind: ``episodes.jsonl``, TensorBoard scalars and checkpoints.
 
 :class:`EpisodeLogger` writes, for every env step during SB3 learning, one JSON line (the applied
-plan, the epoch stats, ctrl evaluation, reward, compute; on the last step of an episode also the
-final ctrl and dev scores) to ``<run_dir>/episodes.jsonl`` — append-only and flushed per line — and
+plan, the epoch stats, ctrl evaluation, reward, compute; on the first step of an episode also the
+fresh student's ctrl evaluation ``initial_ctrl``, on the last the final ctrl and dev scores) to
+``<run_dir>/episodes.jsonl`` — append-only and flushed per line — and
 the same numbers as TensorBoard scalars under ``<run_dir>/tensorboard/``:
 
 * per step, in ``dynakd/`` (x = timesteps): ``step/reward``, ``step/ctrl_score``, ``step/compute``

@@ -144,10 +144,10 @@ class LearnConfig:
     of plans continue from the stored state of that prefix instead of retraining it (as a policy
     converges, most episodes share their first epochs)."""
     surrogate: tuple[str, ...] = ()
-    """Logs of earlier runs to pre-train on: ``episodes.jsonl`` files or run folders, of any task with
-    the same number of teachers and this menu. Before its ``total_episodes`` real episodes the
-    learner learns ``surrogate_episodes`` on a surrogate of the KD run fitted to them
-    (``envs.surrogate``: seconds, not hours). Empty = no pre-training."""
+    """Logs of earlier runs to pre-train on (``episodes.jsonl`` files or run folders; any task, with
+    as many teachers and this menu). Before its ``total_episodes`` real episodes, the learner
+    learns ``surrogate_episodes`` on a surrogate of the KD run fitted to the logs
+    (``envs.surrogate``; seconds, not hours). Empty = no pre-training."""
     surrogate_episodes: int = 2000
     """With ``surrogate``: episodes of pre-training on it."""
     checkpoint_every: int = 4

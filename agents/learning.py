@@ -8,13 +8,14 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.callbacks import (
     EPISODES_FILE,
@@ -31,6 +32,7 @@ from agents.storage import load_replay_buffer, load_rng_state
 from agents.vec_env import SeededEpisodes, make_vec_env
 from envs import DistillationEnv
 from envs.records import StepInfo, is_step_info
+from envs.surrogate import Logs, SurrogateModel, cross_validate, logs_from_lines, make_surrogate_env
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
@@ -257,6 +259,23 @@ SURROGATE_FILE = "surrogate.json"
 """The fitted surrogate of a pre-trained run and its cross-validation (:func:`pretrain_on_surrogate`)."""
 
 
+def read_logs(paths: Sequence[str | Path]) -> Logs:
+    """The logged decisions of ``episodes.jsonl`` files, or of run folders holding one, for
+    :class:`envs.surrogate.SurrogateModel` (a torn last line, from a killed run, is skipped).
+
+    :raises ConfigError: a path that is neither, or logs the surrogate cannot use
+        (:func:`envs.surrogate.logs_from_lines`).
+    """
+    sources = {}
+    for raw in paths:
+        path = Path(raw)
+        path = path / EPISODES_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"--surrogate {raw}: no such file (give an episodes.jsonl or the run folder holding one)")
+        sources[str(path)] = read_episodes(path)
+    return logs_from_lines(sources)
+
+
 def pretrain_on_surrogate(agent: BaseAlgorithm, config: LearnConfig, env: DistillationEnv, run_dir: Path) -> str:
     """Learn ``config.surrogate_episodes`` episodes on a surrogate of the KD run fitted to the logs
     ``config.surrogate`` (:mod:`envs.surrogate`), then hand the learner back its real env.
@@ -267,10 +286,6 @@ def pretrain_on_surrogate(agent: BaseAlgorithm, config: LearnConfig, env: Distil
 
     :return: a one-line summary (logged episodes, held-out accuracy) for the report.
     """
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from envs.surrogate import SurrogateModel, cross_validate, make_surrogate_env, read_logs
-
     logs = read_logs(config.surrogate)
     model = SurrogateModel.fit(logs)
     try:

@@ -27,6 +27,7 @@ from envs.distillation_env import DistillationEnv
 from envs.observation import observation_names, observation_space
 from envs.records import StepInfo, is_step_info
 from envs.reward import step_reward
+from envs.surrogate import SurrogateModel, make_surrogate_env
 
 ENTRY_POINT = "envs.distillation_env:DistillationEnv"
 
@@ -37,6 +38,6 @@ if "DynamicKD-tiny-v0" not in gymnasium.registry:
 
 __all__ = [
     "ActionCodec", "BoxCodec", "DistillationEnv", "EnvConfig", "MenuCodec", "MultiDiscreteCodec", "StepInfo", "default_menu",
-    "make_codec", "named_plans", "plan_fields", "observation_names", "observation_space", "is_step_info", "step_reward", "tiny_backend",
+    "make_codec", "named_plans", "plan_fields", "observation_names", "observation_space", "is_step_info", "step_reward", "SurrogateModel", "make_surrogate_env", "tiny_backend",
     "tiny_config",
 ]

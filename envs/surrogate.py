@@ -24,9 +24,10 @@ not modelled (``report_dev`` is off). :func:`cross_validate` holds out whole epi
 how well the final ctrl score is predicted against predicting its mean: a surrogate that has
 learned nothing says so before anyone trusts a policy trained on it.
 
-Logs come from ``episodes.jsonl`` (:mod:`agents.callbacks`) of any earlier runs with the same
-teachers count and the plans of the menu, on any task. Each episode's first line must carry
-``initial_ctrl`` (the reset evaluation), which DynaKD logs since the surrogate exists.
+Logs come from ``episodes.jsonl`` (:mod:`agents.callbacks`; read with
+:func:`agents.learning.read_logs`) of any earlier runs with the same teachers count and the plans
+of the menu, on any task. Each episode's first line must carry ``initial_ctrl`` (the reset
+evaluation), which DynaKD logs since the surrogate exists.
 """
 
 from __future__ import annotations
@@ -110,27 +111,21 @@ class Logs:
         return len(self.initial)
 
 
-def read_logs(paths: Sequence[str | Path]) -> Logs:
-    """The decisions of ``episodes.jsonl`` files (or run folders holding one).
+def logs_from_lines(sources: Mapping[str, Iterable[Mapping[str, Any]]]) -> Logs:
+    """The decisions of logged ``episodes.jsonl`` lines (:func:`agents.callbacks.read_episodes`), per source.
 
     An episode is kept from its first line on: its steps must come in order, the first carrying
-    ``initial_ctrl``; a torn last line (a killed run) is skipped, an episode cut short keeps the
-    steps it has.
+    ``initial_ctrl``; an episode cut short keeps the steps it has.
 
-    :raises ConfigError: a missing file, a log without ``initial_ctrl`` (written before the
-        surrogate existed), or logs of runs with different numbers of teachers.
+    :param sources: a name (the file) and its lines, for each log.
+    :raises ConfigError: a log without ``initial_ctrl`` (written before the surrogate existed), no
+        usable step at all, or logs of runs with different numbers of teachers.
     """
-    from agents.callbacks import EPISODES_FILE, read_episodes  # the file format's one reader
-
     steps: list[LoggedStep] = []
     initial: list[Mapping[str, Any]] = []
-    for raw in paths:
-        path = Path(raw)
-        path = path / EPISODES_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"--surrogate {raw}: no such file (give an episodes.jsonl or the run folder holding one)")
-        episodes: dict[int, list[dict[str, Any]]] = {}
-        for line in read_episodes(path):
+    for source, source_lines in sources.items():
+        episodes: dict[int, list[Mapping[str, Any]]] = {}
+        for line in source_lines:
             episodes.setdefault(int(line["episode"]), []).append(line)
         for lines in episodes.values():
             lines.sort(key=lambda line: line["step"])
@@ -139,7 +134,7 @@ def read_logs(paths: Sequence[str | Path]) -> Logs:
                 continue  # a resumed run's episode without its start: nothing to anchor it
             if "initial_ctrl" not in first:
                 raise ConfigError(
-                    f"{path} has no initial_ctrl on its first steps: it was written before DynaKD logged the "
+                    f"{source} has no initial_ctrl on its first steps: it was written before DynaKD logged the "
                     "fresh student's ctrl evaluation; learn on logs written by this version (any learn_policy.py "
                     "run writes them)"
                 )
@@ -154,7 +149,7 @@ def read_logs(paths: Sequence[str | Path]) -> Logs:
                                         float(line["stats"]["losses"].get("ce", 0.0)), float(line["step_compute"])))
                 before = after
     if not steps:
-        raise ConfigError(f"--surrogate {[str(p) for p in paths]}: the logs hold no complete first step of any episode")
+        raise ConfigError(f"the logs {list(sources)} hold no complete first step of any episode")
     sizes = {len(s.before) for s in steps}
     if len(sizes) > 1:
         raise ConfigError(f"the logs mix runs with different numbers of teachers (state sizes {sorted(sizes)}); "

@@ -12,7 +12,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from agents.configs import LearnConfig
-from agents.learning import SURROGATE_FILE
+from agents.learning import SURROGATE_FILE, read_logs
 from agents.spaces import expected_spaces
 from agents.workflows import learn_policy
 from envs import tiny_config
@@ -21,7 +21,6 @@ from envs.surrogate import (
     SurrogateModel,
     cross_validate,
     make_surrogate_env,
-    read_logs,
     state_vector,
 )
 from kd_backend.errors import ConfigError
