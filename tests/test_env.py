@@ -430,10 +430,11 @@ def test_step_info_is_typed_and_round_trips(tiny_cache):
     _, reward, _, _, first = env.step(0)
     step = StepInfo.from_info(first)
     assert step.to_info() == first and step.reward == reward and not step.done and step.dev_score is None
+    assert step.initial_ctrl == reset_info["ctrl"]  # the first step carries the state it started from
     assert step.ctrl_score == first["ctrl"]["score"] and list(step.teacher_weights) == [
         f"t{k}_{n}" for k, n in enumerate(env.teacher_names)]
     _, _, terminated, _, last = env.step(0)
     final = StepInfo.from_info(last)
-    assert terminated and final.done and final.final_ctrl_score == final.ctrl_score
+    assert terminated and final.done and final.final_ctrl_score == final.ctrl_score and final.initial_ctrl is None
     assert final.dev_score == last["dev_score"] is not None and final.compute_total == pytest.approx(2 * step.step_compute, rel=0.5)
     json.dumps(last)  # plain values: it crosses processes and lands in episodes.jsonl
