@@ -27,12 +27,20 @@ from agents.callbacks import (
 from agents.cli import flatten, load_config_file
 from agents.configs import CONFIG_FILE, LearnConfig
 from agents.factory import load_agent, make_agent, rollout_episodes
-from agents.spaces import env_meaning
+from agents.spaces import Spaces, env_meaning
 from agents.storage import load_replay_buffer, load_rng_state
 from agents.vec_env import SeededEpisodes, make_vec_env
 from envs import DistillationEnv
 from envs.records import StepInfo, is_step_info
-from envs.surrogate import Logs, SurrogateModel, cross_validate, logs_from_lines, make_surrogate_env
+from envs.surrogate import (
+    CrossValidation,
+    Logs,
+    SurrogateModel,
+    check_surrogate_fits,
+    cross_validate,
+    logs_from_lines,
+    make_surrogate_env,
+)
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json
 from kd_backend.locking import LOCK_FILE, check_folder, claim_folder
@@ -276,35 +284,59 @@ def read_logs(paths: Sequence[str | Path]) -> Logs:
     return logs_from_lines(sources)
 
 
-def pretrain_on_surrogate(agent: BaseAlgorithm, config: LearnConfig, env: DistillationEnv, run_dir: Path) -> str:
-    """Learn ``config.surrogate_episodes`` episodes on a surrogate of the KD run fitted to the logs
-    ``config.surrogate`` (:mod:`envs.surrogate`), then hand the learner back its real env.
+@dataclasses.dataclass(frozen=True)
+class Surrogate:
+    """A surrogate fitted for a learning run, and how well it predicts held-out episodes.
+
+    :param model: the fitted model.
+    :param episodes: logged episodes it was fitted to.
+    :param check: its cross-validation (None: too few complete episodes to hold any out).
+    :param summary: one line for the report.
+    """
+
+    model: SurrogateModel
+    episodes: int
+    check: CrossValidation | None
+    summary: str
+
+
+def fit_surrogate(config: LearnConfig, spaces: Spaces) -> Surrogate:
+    """Read and fit ``config.surrogate``'s logs and check that the surrogate can stand in for the
+    run's env, before any heavy work (:func:`envs.surrogate.check_surrogate_fits`)."""
+    logs = read_logs(config.surrogate)
+    model = SurrogateModel.fit(logs)
+    check_surrogate_fits(model, config.env, spaces.num_teachers, spaces.regression)
+    try:
+        check: CrossValidation | None = cross_validate(logs)
+        summary = check.summary()
+    except ConfigError as err:  # too few complete episodes to hold any out
+        check, summary = None, f"surrogate: not cross-validated ({err})"
+    return Surrogate(model, logs.num_episodes, check, summary)
+
+
+def pretrain_on_surrogate(agent: BaseAlgorithm, config: LearnConfig, env: DistillationEnv, run_dir: Path,
+                          surrogate: Surrogate) -> str:
+    """Learn ``config.surrogate_episodes`` episodes on the surrogate env, then hand the learner back
+    its real env.
 
     The surrogate env has the real env's spaces, so the learner continues on the real env as it
     is; its SB3 scalars go to TensorBoard as ``surrogate_<n>``; ``episodes.jsonl`` holds real
     episodes only. The model and its cross-validation are written to ``<run_dir>/surrogate.json``.
 
-    :return: a one-line summary (logged episodes, held-out accuracy) for the report.
+    :return: a one-line summary (logged episodes, held-out accuracy, time) for the report.
     """
-    logs = read_logs(config.surrogate)
-    model = SurrogateModel.fit(logs)
-    try:
-        check = cross_validate(logs)
-        summary = check.summary()
-        checked: dict[str, Any] | None = dataclasses.asdict(check)
-    except ConfigError as err:  # too few complete episodes to hold any out
-        summary, checked = f"surrogate: not cross-validated ({err})", None
     regression = env.distiller.spec.is_regression
-    envs = [make_surrogate_env(config.env, model, env.teacher_names, regression) for _ in range(agent.n_envs)]
-    atomic_write_json(run_dir / SURROGATE_FILE, {**model.to_dict(), "cross_validation": checked})
+    envs = [make_surrogate_env(config.env, surrogate.model, env.teacher_names, regression) for _ in range(agent.n_envs)]
+    checked = dataclasses.asdict(surrogate.check) if surrogate.check is not None else None
+    atomic_write_json(run_dir / SURROGATE_FILE, {**surrogate.model.to_dict(), "cross_validation": checked})
     real = agent.get_env()
     start = time.perf_counter()
     agent.set_env(DummyVecEnv([lambda e=e: e for e in envs]))
     agent.learn(total_timesteps=config.surrogate_episodes * env.steps_per_episode, tb_log_name="surrogate",
                 reset_num_timesteps=True)
     agent.set_env(real)
-    summary = (f"{summary}; pre-trained on it for {config.surrogate_episodes} episodes in "
-               f"{time.perf_counter() - start:.0f} s ({logs.num_episodes} logged episodes)")
+    summary = (f"{surrogate.summary}; pre-trained on it for {config.surrogate_episodes} episodes in "
+               f"{time.perf_counter() - start:.0f} s ({surrogate.episodes} logged episodes)")
     logger.info(summary)
     return summary
 

@@ -46,6 +46,7 @@ from agents.evaluation import (
 )
 from agents.learning import (
     claim_run_dir,
+    fit_surrogate,
     learn,
     make_learner,
     prepare_run_dir,
@@ -129,6 +130,7 @@ def learn_policy(cfg: LearnConfig) -> list[dict]:
         require_ray()  # without the extra: its install command, before any work
     baselines = build_controllers(cfg.baselines, cfg.env, spaces, seed=cfg.agent_seed)
     run_dir = prepare_run_dir(cfg)
+    surrogate = fit_surrogate(cfg, spaces) if cfg.surrogate else None  # logs it cannot use: refused now
     env = build_env(cfg.env, spaces)  # data, teachers and student checked before anything is written
     claim_run_dir(cfg)
     save_config(run_dir / CONFIG_FILE, dataclasses.replace(cfg, resume=None, overwrite=False))
@@ -139,7 +141,7 @@ def learn_policy(cfg: LearnConfig) -> list[dict]:
     with resumable(cfg, run_dir):  # Ctrl-C: where the run stands and the --resume command, exit 130
         try:
             # a resumed run's checkpoint already holds what the pre-training taught it
-            pretrained = pretrain_on_surrogate(agent, cfg, env, run_dir) if cfg.surrogate and done == 0 else None
+            pretrained = pretrain_on_surrogate(agent, cfg, env, run_dir, surrogate) if surrogate and not done else None
             learn(agent, cfg, run_dir, done, show)
         finally:
             agent.get_env().close()  # subprocesses / Ray actors of a vector env (the driver's env stays)

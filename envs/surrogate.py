@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.actions import MenuCodec
 from envs.config import EnvConfig
 from envs.distillation_env import DistillationEnv
 from envs.observation import LOSS_CAP
@@ -406,23 +407,35 @@ class SurrogateDistiller:
         )
 
 
-def make_surrogate_env(config: EnvConfig, model: SurrogateModel, teacher_names: Sequence[str],
-                       regression: bool = False) -> DistillationEnv:
-    """The env of ``config`` with the surrogate in place of the KD run (same spaces; no dev, no branch cache).
+def check_surrogate_fits(model: SurrogateModel, config: EnvConfig, num_teachers: int, regression: bool = False) -> None:
+    """Refuse an env the surrogate cannot stand in for, before anything is built.
 
-    :raises ConfigError: a non-discrete action space, a horizon beyond the logs', or a menu plan the
-        logs never applied (each named).
+    :raises ConfigError: a non-discrete action space, another number of teachers, episodes longer
+        than the logged ones, or a menu plan the logs never applied (each named, with the fix).
     """
     if config.action_space != "discrete":
         raise ConfigError(f"the surrogate predicts the plans its logs applied, so it serves the discrete menu only; "
                           f"action_space={config.action_space!r}: use --action-space discrete or drop --surrogate")
-    env = DistillationEnv(dataclasses.replace(config, branch_cache=0, report_dev=False),
-                          distiller=SurrogateDistiller(model, teacher_names, regression))
-    if env.steps_per_episode > model.horizon:
-        raise ConfigError(f"an episode here takes {env.steps_per_episode} decisions, the surrogate's logs reached "
+    if num_teachers != model.num_teachers:
+        raise ConfigError(f"the surrogate was fitted to runs with {model.num_teachers} teacher(s), this run has "
+                          f"{num_teachers}; fit it to logs of runs with as many teachers")
+    steps = (config.horizon or config.backend.epochs) * config.decisions_per_epoch
+    if steps > model.horizon:
+        raise ConfigError(f"an episode here takes {steps} decisions, the surrogate's logs reached "
                           f"{model.horizon}; fit it to logs of episodes as long")
-    missing = [name for name, plan in zip(env.codec.names, env.codec.plans, strict=True) if plan not in model.plans]
+    codec = MenuCodec(config, num_teachers, regression)
+    missing = [name for name, plan in zip(codec.names, codec.plans, strict=True) if plan not in model.plans]
     if missing:
         raise ConfigError(f"the surrogate's logs never applied the menu plan(s) {missing}, so it cannot predict them; "
                           "add logs of runs that tried them, or drop them from --menu")
-    return env
+
+
+def make_surrogate_env(config: EnvConfig, model: SurrogateModel, teacher_names: Sequence[str],
+                       regression: bool = False) -> DistillationEnv:
+    """The env of ``config`` with the surrogate in place of the KD run (same spaces; no dev, no branch cache).
+
+    :raises ConfigError: what :func:`check_surrogate_fits` refuses.
+    """
+    check_surrogate_fits(model, config, len(teacher_names), regression)
+    return DistillationEnv(dataclasses.replace(config, branch_cache=0, report_dev=False),
+                           distiller=SurrogateDistiller(model, teacher_names, regression))

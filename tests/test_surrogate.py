@@ -152,3 +152,14 @@ def test_learn_policy_pretrains_on_a_surrogate_of_an_earlier_run(tiny_cache, tmp
     assert (run / "tensorboard" / "surrogate_1").is_dir() and (run / "tensorboard" / "sb3_1").is_dir()
     with pytest.raises(ConfigError, match="surrogate_episodes"):
         dataclasses.replace(cfg, surrogate_episodes=0)
+
+
+def test_learn_policy_refuses_logs_it_cannot_use_before_any_work(tmp_path):
+    cache = tmp_path / "cache"  # no teacher may be trained into it
+    cfg = LearnConfig(env=tiny_config(cache_dir=str(cache)), runs_dir=str(tmp_path / "runs"), total_episodes=2,
+                      rollout_episodes=2, surrogate=(str(write_log(tmp_path / "one-teacher.jsonl", ALL)),))
+    with pytest.raises(ConfigError, match="fitted to runs with 1 teacher"):
+        learn_policy(cfg)
+    with pytest.raises(ConfigError, match="no such file"):
+        learn_policy(dataclasses.replace(cfg, surrogate=(str(tmp_path / "nowhere"),)))
+    assert not cache.exists()
