@@ -359,14 +359,12 @@ class SurrogateDistiller:
     teachers' count and names, and compute in plain epochs (``full_epoch_flops`` is 1).
 
     :param model: the fitted surrogate.
-    :param teacher_names: names of the teachers, smallest first (as the real run's).
+    :param teacher_names: names of the teachers, smallest first (as the real run's; their count is
+        checked by :func:`check_surrogate_fits`, which :func:`make_surrogate_env` runs first).
     :param regression: whether the real task is a regression (the env's codec needs it).
     """
 
     def __init__(self, model: SurrogateModel, teacher_names: Sequence[str], regression: bool = False) -> None:
-        if len(teacher_names) != model.num_teachers:
-            raise ConfigError(f"the surrogate was fitted to runs with {model.num_teachers} teacher(s), this run has "
-                              f"{len(teacher_names)} ({list(teacher_names)}); fit it to logs of runs with these teachers")
         self.model = model
         self.teacher_names = tuple(teacher_names)
         self.num_teachers = model.num_teachers
