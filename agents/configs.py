@@ -133,7 +133,7 @@ class LearnConfig:
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     """Controllers to compare the learned policy with: a plan name of the discrete menu (``kd-t0``
     = smallest teacher alone, ``kd-t1``, ``kd-mean``, ``ce-only``, ``frac-0.3``, ``pkd``, ...; see
-    ``envs.actions.named_plans``; or ``frac-R[-random|-stale][-tK]``, any of them with ``-lrX`` to scale the learning rate by X, see
+    ``envs.actions.named_plans``; or ``frac-R[-random|-stale|-kd|-stale-kd][-tK]``, any of them with ``-lrX`` to scale the learning rate by X, see
     ``envs.plan_fields``) applied
     every step, ``paper-adoption`` / ``paper-selection`` / ``paper-objective`` / ``paper-combined``
     (Li et al.'s heuristics), ``random``, a policy ``.zip``, a schedule ``.json``, or a schedule

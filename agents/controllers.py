@@ -91,7 +91,7 @@ def build_controllers(specs: Sequence[str], config: EnvConfig, spaces: Spaces, s
             controller.plan = _plan(controller.plan.to_dict(), config)
             if spaces.regression and controller.plan.needs_uncertainty:
                 raise ConfigError(f"baseline {spec!r} needs the student's uncertainty, which a regression task lacks")
-        else:  # a plan name: a named plan or any frac-R[-random|-stale]
+        else:  # a plan name: a named plan or any frac-R[-random|-stale|-kd|-stale-kd]
             try:
                 fields = plan_fields(spec, spaces.num_teachers, spaces.regression)
             except ConfigError as err:

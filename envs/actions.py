@@ -23,7 +23,7 @@ from gymnasium import spaces
 
 from envs.config import EnvConfig
 from kd_backend.errors import ConfigError
-from kd_backend.plan import OBJECTIVE_MODES, SELECTION_RULES, EpochPlan
+from kd_backend.plan import OBJECTIVE_MODES, UNCERTAINTY_RULES, EpochPlan
 
 ADAPTIVE_MODES = ("hard", "soft", "soft-instance")
 
@@ -100,7 +100,7 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
     return plans
 
 
-_FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale))?(?:-t(\d+))?")
+_FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale|kd|stale-kd))?(?:-t(\d+))?")
 _LR_SUFFIX = re.compile(r"(.+)-lr(\d*\.?\d+)")
 
 
@@ -110,8 +110,11 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
     Besides the named plans, ``frac-R``, ``frac-R-random`` and ``frac-R-stale`` name an epoch-scope
     selection of any fraction ``R`` in (0, 1] (e.g. ``frac-0.45-stale``), built as the named
     ``frac-0.3*`` plans are: by entropy (fresh scoring pass), at random (no scoring pass), or by each
-    instance's entropy from its last forward pass. These distil from the teachers' mean; a suffix
-    ``-tK`` distils from teacher ``K`` alone, as ``kd-tK`` does (e.g. ``frac-0.3-stale-t1``).
+    instance's entropy from its last forward pass. ``frac-R-kd`` and ``frac-R-stale-kd`` keep the
+    instances with the largest KD loss to the plan's teachers instead (``selection='kd-loss'``: where
+    the student is furthest from them), from a fresh scoring pass or from each instance's last
+    forward pass. These distil from the teachers' mean; a suffix ``-tK`` distils from teacher ``K``
+    alone, as ``kd-tK`` does, and ranks by that teacher (e.g. ``frac-0.3-stale-kd-t1``).
 
     Any of these names may end in ``-lrX``: the same plan with the run's learning-rate schedule
     scaled by ``X`` during its epoch (``EpochPlan.lr_scale``; e.g. ``frac-0.3-stale-t1-lr2``).
@@ -139,14 +142,17 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
                 f"use -t0 … -t{num_teachers - 1} (smallest first)"
             )
         kind = match.group(2)
-        if kind is not None and regression:
+        if kind in ("random", "stale") and regression:
             raise ConfigError(
                 f"plan {name!r} selects by or against the student's uncertainty, which a regression "
                 f"task lacks; use frac-{match.group(1)} (random selection for regression)"
             )
-        rule = "random" if regression or kind == "random" else "entropy"
+        if kind in ("kd", "stale-kd"):
+            rule = "kd-loss"
+        else:
+            rule = "random" if regression or kind == "random" else "entropy"
         fields: dict[str, Any] = {"fraction": float(match.group(1)), "selection": rule, "scope": "epoch"}
-        if kind == "stale":
+        if kind in ("stale", "stale-kd"):
             fields["scoring"] = "stale"
         if teacher is not None:
             fields["teacher_weights"] = _one_hot(int(teacher), num_teachers)
@@ -154,8 +160,9 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
     raise ConfigError(
         f"unknown plan name {name!r}; for {num_teachers} teacher(s) on a "
         f"{'regression' if regression else 'classification'} task the names are {list(available)}, "
-        "or frac-R / frac-R-random / frac-R-stale for a fraction R in (0, 1], each with an optional "
-        "-tK to distil from teacher K alone; any name may end in -lrX to scale the learning rate by X"
+        "or frac-R / frac-R-random / frac-R-stale / frac-R-kd / frac-R-stale-kd for a fraction R in (0, 1], "
+        "each with an optional -tK to distil from teacher K alone; any name may end in -lrX to scale the "
+        "learning rate by X"
     )
 
 
@@ -317,7 +324,9 @@ class MultiDiscreteCodec(ActionCodec):
             if not regression:
                 teachers += [(m, {"teacher_mode": m}) for m in ADAPTIVE_MODES]
         self.teachers = tuple(teachers)
-        self.selections = ("random",) if regression else SELECTION_RULES
+        # The student's own rules (kd-loss, which ranks by the teachers, is a menu plan: frac-R-kd):
+        # the action space of policies learned on this codec stays as it was.
+        self.selections = ("random",) if regression else (*UNCERTAINTY_RULES, "random")
         self.objectives = ("static",) if regression else OBJECTIVE_MODES
         self.axes: tuple[tuple[str, tuple[Any, ...]], ...] = (
             ("teacher", tuple(name for name, _ in self.teachers)),

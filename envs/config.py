@@ -41,7 +41,7 @@ class EnvConfig:
     (teacher mixture logits, fraction, KD and hidden weights; PPO, A2C, SAC)."""
     menu: tuple[str, ...] | None = None
     """Names of the plans of the ``discrete`` menu (see ``envs.actions.named_plans``), or any
-    ``frac-R[-random|-stale][-tK]``, any of them with ``-lrX`` to scale that epoch's learning rate by X
+    ``frac-R[-random|-stale|-kd|-stale-kd][-tK]``, any of them with ``-lrX`` to scale that epoch's learning rate by X
     (``envs.actions.plan_fields``); None = the default menu."""
     reward: RewardKind = "dense"
     """``dense``: 100 x (ctrl score now - before) - cost_weight x step compute, every step;

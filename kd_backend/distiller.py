@@ -52,7 +52,7 @@ from kd_backend.models import (
     num_layers,
     resolve_layer_map,
 )
-from kd_backend.objective import TeacherBatch, combine_terms, kd_objective
+from kd_backend.objective import TeacherBatch, combine_terms, kd_objective, teacher_kd_terms
 from kd_backend.plan import EpochPlan, EpochStats, EvalStats
 from kd_backend.teacher_source import CachedTeachers, OnlineTeachers, TeacherSource
 from kd_backend.tokenization import encode_texts, tokenizer_fingerprint
@@ -396,9 +396,9 @@ class Distiller:
         acc = _Accumulator(self.num_teachers)
         if plan.scope == "epoch" and plan.fraction < 1.0 and len(pool) > 0:
             if plan.scoring == "stale" and plan.selection != "random":
-                scores = self._stale_scores(pool, plan.selection, acc)
+                scores = self._stale_scores(pool, plan, acc)
             else:
-                scores = self._score(pool, plan.selection, acc)
+                scores = self._score(pool, plan, acc)
             keep = select_most_uncertain(torch.from_numpy(scores), plan.fraction, rounding="round").numpy()
             pool = pool[keep]
         enc = self._student_enc["train"]
@@ -439,8 +439,8 @@ class Distiller:
         )
 
     @torch.inference_mode()
-    def _stale_scores(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
-        """Uncertainty of every pool instance from its last forward pass, rescoring only the stale.
+    def _stale_scores(self, pool: np.ndarray, plan: EpochPlan, acc: _Accumulator) -> np.ndarray:
+        """Selection scores of every pool instance from its last forward pass, rescoring only the stale.
 
         An instance is stale when it was never seen or its last forward pass is more than
         ``stale_max_age`` epochs old; only those go through a no-grad scoring pass, so a fraction r
@@ -449,17 +449,22 @@ class Distiller:
         """
         seen = self._memory_epoch[pool]
         stale = (seen < 0) | (self.epoch - seen > self.config.stale_max_age)
+        scores = np.empty(len(pool), dtype=np.float32)
         if stale.any():
-            self._score(pool[stale], rule, acc)  # refreshes the memory of the stale instances
-        idx = torch.from_numpy(pool).to(self.device)
-        return uncertainty_scores(self._memory_logits[idx], rule).cpu().numpy().astype(np.float32)
+            scores[stale] = self._score(pool[stale], plan, acc)  # also refreshes their memory
+        if not stale.all():
+            idx = torch.from_numpy(pool[~stale]).to(self.device)
+            chunks = idx.split(self.config.eval_batch_size)  # bounds an online teacher's batch (kd-loss)
+            remembered = [self._selection_scores(self._memory_logits[c], c, plan, acc) for c in chunks]
+            scores[~stale] = torch.cat(remembered).cpu().numpy()
+        return scores
 
     @torch.inference_mode()
-    def _score(self, pool: np.ndarray, rule: str, acc: _Accumulator) -> np.ndarray:
-        """Uncertainty of every pool instance (higher = more uncertain), one no-grad pass."""
+    def _score(self, pool: np.ndarray, plan: EpochPlan, acc: _Accumulator) -> np.ndarray:
+        """Selection scores of every pool instance (higher = kept first), one no-grad pass."""
         enc = self._student_enc["train"]
         scores = np.empty(len(pool), dtype=np.float32)
-        if rule == "random":
+        if plan.selection == "random":
             scores[:] = torch.rand(len(pool), generator=self.torch_gen).numpy()
             return scores
         self.student.eval()
@@ -470,14 +475,54 @@ class Distiller:
             with self._autocast(self._score_dtype):
                 logits, _ = forward_logits_cls(self.student, batch)
             logits = logits.float()
-            on_device[torch.from_numpy(b).to(self.device)] = uncertainty_scores(logits, rule)
-            self._memory_logits[torch.from_numpy(idx).to(self.device)] = logits
+            idx_t = torch.from_numpy(idx).to(self.device)
+            on_device[torch.from_numpy(b).to(self.device)] = self._selection_scores(logits, idx_t, plan, acc)
+            self._memory_logits[idx_t] = logits
             self._memory_epoch[idx] = self.epoch
             real, padded = enc.num_tokens(idx, self._pad_to)
             acc.student_flops += forward_flops(self.student, padded, len(idx), padded / len(idx))
         acc.examples_scored += len(pool)
         scores[:] = on_device.cpu().numpy()
         return scores
+
+    @torch.no_grad()
+    def _selection_scores(self, logits: torch.Tensor, ids: torch.Tensor, plan: EpochPlan, acc: _Accumulator) -> torch.Tensor:
+        """(B,) scores of ``plan.selection`` (higher = kept first) for training instances ``ids``.
+
+        The uncertainty rules and ``random`` read the student ``logits`` alone
+        (:func:`~kd_backend.uncertainty.uncertainty_scores`); ``kd-loss`` is each instance's KD loss
+        under the plan's teachers (:func:`~kd_backend.objective.teacher_kd_terms`), whose targets
+        come from the teacher source (free from the cache, counted when online).
+
+        :param logits: (B, C) student logits of ``ids``.
+        :param ids: (B,) long training-set indices, on the device.
+        """
+        if plan.selection != "kd-loss":
+            return uncertainty_scores(logits, plan.selection, self.torch_gen)
+        u = normalized_entropy(logits) if plan.needs_uncertainty else None
+        weights = teacher_weights(
+            plan.teacher_mode, u, self.num_teachers, plan.teacher_weights,
+            batch_size=len(ids), device=self.device, check_range=False,
+        )
+        targets = self._teacher_targets(plan, ids, weights, False, acc)
+        kd_loss = "mse" if self.spec.is_regression else plan.kd_loss
+        return teacher_kd_terms(logits.float(), targets, kd_loss, plan.temperature)
+
+    def _teacher_targets(
+        self, plan: EpochPlan, ids: torch.Tensor, weights: torch.Tensor, use_hidden: bool, acc: _Accumulator
+    ) -> list[TeacherBatch | None]:
+        """Each teacher's targets for training instances ``ids`` with (B, K) ``weights`` (None: not read)."""
+        targets: list[TeacherBatch | None] = []
+        for k in range(self.num_teachers):
+            if plan.teacher_mode == "fixed" and plan.teacher_weights is not None and plan.teacher_weights[k] == 0:
+                targets.append(None)  # known on the host: a teacher with fixed weight 0 is never read
+                continue
+            target = self._teacher_source.batch(k, ids, weights[:, k], use_hidden)
+            if target is not None:
+                acc.teacher_forwards += target.forwards
+                acc.teacher_flops += target.flops
+            targets.append(target)
+        return targets
 
     def _train_step(self, plan: EpochPlan, idx: np.ndarray, acc: _Accumulator) -> None:
         enc = self._student_enc["train"]
@@ -504,7 +549,7 @@ class Distiller:
         if plan.uses_teachers:
             u = normalized_entropy(logits) if plan.needs_uncertainty else None
             if plan.scope == "batch" and plan.fraction < 1.0:
-                sel = select_most_uncertain(uncertainty_scores(logits, plan.selection, self.torch_gen), plan.fraction)
+                sel = select_most_uncertain(self._selection_scores(logits, idx_t, plan, acc), plan.fraction)
                 sel = sel.to(self.device)
             else:
                 sel = torch.arange(len(idx), device=self.device)
@@ -514,17 +559,7 @@ class Distiller:
                 batch_size=len(sel), device=self.device, check_range=False,
             )
             kd_w_i, hid_w_i = objective_weights(plan.objective, u_sel, len(sel), device=self.device, check_range=False)
-            ids = idx_t[sel]
-            targets: list[TeacherBatch | None] = []
-            for k in range(self.num_teachers):
-                if plan.teacher_mode == "fixed" and plan.teacher_weights is not None and plan.teacher_weights[k] == 0:
-                    targets.append(None)  # known on the host: a teacher with fixed weight 0 is never read
-                    continue
-                target = self._teacher_source.batch(k, ids, weights[:, k], use_hidden)
-                if target is not None:
-                    acc.teacher_forwards += target.forwards
-                    acc.teacher_flops += target.flops
-                targets.append(target)
+            targets = self._teacher_targets(plan, idx_t[sel], weights, use_hidden, acc)
             kd_mean, hid_mean = kd_objective(
                 logits[sel], targets, kd_w_i, hid_w_i,
                 batch_size=len(idx), selection_norm=plan.selection_norm,

@@ -82,6 +82,39 @@ def aligned_student_hidden(
     return s
 
 
+def teacher_kd_terms(
+    student_logits: torch.Tensor,
+    targets: Sequence[TeacherBatch | None],
+    kd_loss: str = "kl",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Each instance's KD loss summed over its teachers, ``kd_i = sum_k w_ik * kd(z_i, t_ik)``.
+
+    This is the KD term of :func:`kd_objective` before instance weights and averaging, and the
+    score of ``selection='kd-loss'`` (computed there without gradient).
+
+    :param student_logits: (S, C) student logits (float32).
+    :param targets: K entries, one per teacher; None = teacher not read, which adds nothing.
+    :param kd_loss: ``kl`` (``T^2 * KL``) or ``mse``.
+    :param temperature: T of the ``kl`` loss.
+    :return: (S,) float32 per-instance KD losses (gradient flows to the student logits).
+    """
+    if kd_loss not in KD_LOSSES:
+        raise ValueError(f"kd_loss={kd_loss!r} must be one of {list(KD_LOSSES)}")
+    kd_i = student_logits.new_zeros(student_logits.shape[0])
+    for target in targets:
+        if target is None:
+            continue
+        rows = target.rows
+        z_k = student_logits if rows is None else student_logits[rows]
+        if kd_loss == "mse":
+            term = losses.kd_mse_loss(z_k, target.logits)
+        else:
+            term = losses.kd_kl_loss(z_k, target.logits, temperature)
+        kd_i = kd_i + target.weight * term if rows is None else kd_i.index_add(0, rows, target.weight * term)
+    return kd_i
+
+
 def kd_objective(
     student_logits: torch.Tensor,
     targets: Sequence[TeacherBatch | None],
@@ -137,26 +170,18 @@ def kd_objective(
         if hidden_layers is None or len(hidden_layers) != len(targets):
             raise ValueError("hidden_layers must give one sequence of layer positions per teacher")
     denom = selection_denominator(selection_norm, batch_size, n)
-    kd_i = student_logits.new_zeros(n)
+    kd_i = teacher_kd_terms(student_logits, targets, kd_loss, temperature) if with_kd else student_logits.new_zeros(n)
     hid_i = student_logits.new_zeros(n)
-    for k, target in enumerate(targets):
+    for k, target in enumerate(targets if student_hidden is not None else ()):
         if target is None:
             continue
-        rows, w = target.rows, target.weight
-        z_k = student_logits if rows is None else student_logits[rows]
-        if with_kd:
-            if kd_loss == "mse":
-                term = losses.kd_mse_loss(z_k, target.logits)
-            else:
-                term = losses.kd_kl_loss(z_k, target.logits, temperature)
-            kd_i = kd_i + w * term if rows is None else kd_i.index_add(0, rows, w * term)
-        if student_hidden is not None:
-            if target.hidden is None:
-                raise ValueError(f"teacher {k} has no hidden targets but the hidden term is on; ask the source for them")
-            h = student_hidden if rows is None else student_hidden[rows]
-            s = aligned_student_hidden(h, hidden_layers[k], None if projections is None else projections[k])
-            term = w * losses.hidden_mse_loss(s, target.hidden.float())
-            hid_i = hid_i + term if rows is None else hid_i.index_add(0, rows, term)
+        if target.hidden is None:
+            raise ValueError(f"teacher {k} has no hidden targets but the hidden term is on; ask the source for them")
+        rows = target.rows
+        h = student_hidden if rows is None else student_hidden[rows]
+        s = aligned_student_hidden(h, hidden_layers[k], None if projections is None else projections[k])
+        term = target.weight * losses.hidden_mse_loss(s, target.hidden.float())
+        hid_i = hid_i + term if rows is None else hid_i.index_add(0, rows, term)
     return (kd_instance_weights * kd_i).sum() / denom, (hidden_instance_weights * hid_i).sum() / denom
 
 

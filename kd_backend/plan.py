@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 from kd_backend.errors import ConfigError
 
 TeacherMode = Literal["fixed", "hard", "soft", "soft-instance"]
-SelectionRule = Literal["entropy", "margin", "least-confidence", "random"]
+SelectionRule = Literal["entropy", "margin", "least-confidence", "random", "kd-loss"]
 SelectionScope = Literal["batch", "epoch"]
 SelectionNorm = Literal["selected", "batch"]
 ObjectiveMode = Literal["static", "uncertainty", "uncertainty-r"]
@@ -24,6 +24,8 @@ KDLoss = Literal["kl", "mse"]
 
 TEACHER_MODES: tuple[str, ...] = get_args(TeacherMode)
 SELECTION_RULES: tuple[str, ...] = get_args(SelectionRule)
+UNCERTAINTY_RULES: tuple[str, ...] = ("entropy", "margin", "least-confidence")
+"""The selection rules that rank by the student's own uncertainty (its class probabilities alone)."""
 SELECTION_SCOPES: tuple[str, ...] = get_args(SelectionScope)
 SELECTION_NORMS: tuple[str, ...] = get_args(SelectionNorm)
 OBJECTIVE_MODES: tuple[str, ...] = get_args(ObjectiveMode)
@@ -61,8 +63,10 @@ class EpochPlan:
     """Fraction r in (0, 1] of the data that receives the KD objectives (``scope='batch'``) or that
     the epoch trains on at all (``scope='epoch'``)."""
     selection: SelectionRule = "entropy"
-    """Which instances count as most uncertain: ``entropy``, ``margin``, ``least-confidence`` or
-    ``random`` (the control). Ignored when ``fraction == 1``."""
+    """Which instances are kept: the student's most uncertain by ``entropy``, ``margin`` or
+    ``least-confidence``; ``random`` (the control); or ``kd-loss``, those whose KD loss under this
+    plan's teachers is largest (where the student is furthest from what the teachers say, so the
+    most is left to learn from them; needs teachers). Ignored when ``fraction == 1``."""
     scope: SelectionScope = "epoch"
     """``batch`` (the paper: CE on the whole batch, KD on its top-r) or ``epoch`` (score the whole
     pool once without gradient, train only on its top-r, so a small fraction costs less)."""
@@ -133,6 +137,11 @@ class EpochPlan:
             raise ConfigError(f"EpochPlan.lr_scale={self.lr_scale!r} must be a finite number > 0")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ConfigError(f"EpochPlan.max_steps={self.max_steps!r} must be None or an integer >= 1")
+        if self.fraction < 1.0 and self.selection == "kd-loss" and not self.uses_teachers:
+            raise ConfigError(
+                "EpochPlan.selection='kd-loss' ranks instances by their KD loss, but the plan uses no teacher "
+                "(kd_weight=0 and hidden_weight=0); give it a teacher or select by 'entropy' or 'random'"
+            )
         if self.ce_weight + self.kd_weight + self.hidden_weight <= 0:
             raise ConfigError("EpochPlan: ce_weight, kd_weight and hidden_weight are all 0; nothing would be trained")
 
@@ -147,7 +156,7 @@ class EpochPlan:
         return (
             self.teacher_mode in ("hard", "soft", "soft-instance")
             or self.objective != "static"
-            or (self.fraction < 1.0 and self.selection != "random")
+            or (self.fraction < 1.0 and self.selection in UNCERTAINTY_RULES)
         )
 
     def replace(self, **changes: Any) -> EpochPlan:

@@ -73,7 +73,7 @@ def uncertainty_scores(
     reads only the batch size, so it also serves regression tasks.
 
     :param logits: (B, C) student logits; for ``random`` any tensor whose first axis is B.
-    :param rule: one of :data:`kd_backend.plan.SELECTION_RULES`.
+    :param rule: one of :data:`kd_backend.plan.SELECTION_RULES` but ``kd-loss``.
     :param generator: source of the ``random`` scores (seed it for reproducible runs); the draw is
         made on the generator's device and moved to the logits' device.
     :return: (B,) float32 scores on the logits' device, detached.
@@ -87,6 +87,11 @@ def uncertainty_scores(
     if rule == "random":
         device = generator.device if generator is not None else torch.device("cpu")
         return torch.rand(logits.shape[0], generator=generator, device=device).to(logits.device)
+    if rule == "kd-loss":
+        raise ConfigError(
+            "selection rule 'kd-loss' ranks by the KD loss to the teachers, which student logits alone do not "
+            "give; compute it with kd_backend.objective.teacher_kd_terms (the Distiller does)"
+        )
     raise ConfigError(f"uncertainty rule={rule!r} is not one of {list(SELECTION_RULES)}")
 
 

@@ -108,6 +108,39 @@ def test_online_teachers_give_the_same_losses(task, tokenizer, teachers, tmp_pat
         assert a.losses[key] == pytest.approx(b.losses[key], rel=1e-4, abs=1e-6), key
 
 
+def test_kd_loss_selection_is_the_same_online_and_cached(task, tokenizer, teachers, tmp_path):
+    plan = EpochPlan(fraction=0.5, scope="batch", selection="kd-loss", temperature=2.0)  # the teachers' mean
+    cached = make(task, tokenizer, teachers, tmp_path)
+    online = make(task, tokenizer, teachers, tmp_path, teacher_source="online")
+    a, b = cached.train_epoch(plan), online.train_epoch(plan)
+    # Ranking by KD loss reads both teachers on the whole batch, then again on the selected half.
+    assert b.teacher_forwards == 2 * (len(task.train) + sum(max(1, n // 2) for n in _batch_sizes(len(task.train), 16)))
+    for key in ("ce", "kd", "total"):
+        assert a.losses[key] == pytest.approx(b.losses[key], rel=1e-4, abs=1e-6), key
+
+
+def test_stale_kd_loss_selection_keeps_the_largest_kd_losses_at_the_cost_of_r(task, tokenizer, teachers, tmp_path):
+    n, k = len(task.train), round(0.3 * len(task.train))
+    d = make(task, tokenizer, teachers, tmp_path, epochs=3)
+    full = d.train_epoch(EpochPlan())
+    # What the next epoch should keep: the KD loss to the large teacher alone, from each instance's
+    # logits of its training step (the memory) and the cached teacher logits.
+    teacher_logits = d._teacher_out[1]["train"].logits
+    expected = torch.nn.functional.kl_div(
+        torch.log_softmax(d._memory_logits, -1), torch.log_softmax(teacher_logits, -1), reduction="none", log_target=True
+    ).sum(-1)
+    top = set(torch.topk(expected, k).indices.tolist())
+    entropy_top = set(torch.topk(-(torch.softmax(d._memory_logits, -1) * torch.log_softmax(d._memory_logits, -1)).sum(-1), k).indices.tolist())
+    assert top != entropy_top  # the test tells the two rules apart
+    plan = EpochPlan(fraction=0.3, scope="epoch", scoring="stale", selection="kd-loss", teacher_weights=(0.0, 1.0))
+    stats = d.train_epoch(plan)
+    assert set(np.flatnonzero(d._memory_epoch == 1).tolist()) == top  # the trained instances
+    assert stats.examples_scored == 0 and stats.examples_trained == k and stats.teacher_forwards == 0
+    assert stats.student_flops < 0.45 * full.student_flops
+    with pytest.raises(ConfigError, match="'kd-loss' ranks instances by their KD loss"):
+        EpochPlan(fraction=0.3, selection="kd-loss", kd_weight=0.0)
+
+
 def _batch_sizes(n: int, b: int) -> list[int]:
     """Length-grouped batching cuts mega-batches of 50*b, so batches are full except the last."""
     return [min(b, n - i) for i in range(0, n, b)]
@@ -271,6 +304,9 @@ def test_regression_rejects_uncertainty_plans(tmp_path):
         d.train_epoch(EpochPlan(objective="uncertainty"))
     stats = d.train_epoch(EpochPlan(fraction=0.5, selection="random", scope="batch"))
     assert stats.losses["kd"] > 0
+    ranked = d.train_epoch(EpochPlan(fraction=0.5, selection="kd-loss", scope="epoch"))  # KD loss is MSE here
+    n = len(reg.train)
+    assert ranked.examples_scored == n and ranked.examples_trained == round(0.5 * n)
     ev = d.evaluate("dev")
     assert set(ev.metrics) == {"pearson", "spearman"} and len(ev.teacher_agreement) == 1
 

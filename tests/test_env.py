@@ -125,6 +125,12 @@ def test_menu_names_any_fraction_and_refuses_the_same_plan_twice():
     assert plan_fields("frac-0.4", 2, regression=True)["selection"] == "random"
     assert plan_fields("frac-0.45-stale-t0", 2)["teacher_weights"] == (1.0, 0.0)  # -tK: teacher K alone
     assert "teacher_weights" not in plan_fields("frac-0.45-stale", 2)  # else the teachers' mean
+    # -kd / -stale-kd rank by the KD loss to the plan's teachers (also on regression tasks)
+    assert plan_fields("frac-0.3-stale-kd-t1", 2) == {
+        "fraction": 0.3, "selection": "kd-loss", "scope": "epoch", "scoring": "stale", "teacher_weights": (0.0, 1.0),
+    }
+    assert plan_fields("frac-0.2-kd", 2, regression=True) == {"fraction": 0.2, "selection": "kd-loss", "scope": "epoch"}
+    EpochPlan(**plan_fields("frac-0.3-stale-kd-t1-lr2", 2))  # a valid plan
     # -lrX scales the learning rate of any named or parsed plan
     assert plan_fields("frac-0.3-stale-t1-lr2.5", 2) == {**plan_fields("frac-0.3-stale-t1", 2), "lr_scale": 2.5}
     assert plan_fields("kd-t0-lr.5", 2) == {**named_plans(2)["kd-t0"], "lr_scale": 0.5}

@@ -23,6 +23,7 @@ from kd_backend.objective import (
     combine_terms,
     kd_objective,
     selection_denominator,
+    teacher_kd_terms,
 )
 from kd_backend.plan import EpochPlan
 from kd_backend.synthetic import SyntheticConfig
@@ -58,6 +59,22 @@ def test_kl_term_with_temperature_teacher_weights_and_instance_weights(temperatu
     per_instance = [0.5 * t2 * KL_SHARP_VS_UNIFORM, 0.75 * t2 * KL_UNIFORM_VS_SHARP]
     assert float(kd) == pytest.approx((1.0 * per_instance[0] + 0.5 * per_instance[1]) / 2, rel=1e-6)
     assert float(hid) == 0.0  # no student hidden states: the hidden term stays 0
+
+
+def test_per_instance_kd_terms_are_what_kd_objective_averages():
+    student, targets = _kl_setup(1.0)
+    # instance 0: 0.5 * KL(sharp || uniform); instance 1: 0.75 * KL(uniform || sharp)
+    terms = teacher_kd_terms(student, targets)
+    assert terms.tolist() == pytest.approx([0.5 * KL_SHARP_VS_UNIFORM, 0.75 * KL_UNIFORM_VS_SHARP], rel=1e-6)
+    kd, _ = kd_objective(student, targets, _ones(2), _ones(2), batch_size=2)
+    assert float(kd) == pytest.approx(float(terms.mean()), rel=1e-6)
+    # an online source's rows are added where they belong; an unread teacher adds nothing
+    online = TeacherBatch(targets[1].logits[1:], None, targets[1].weight[1:], rows=torch.tensor([1]))
+    assert teacher_kd_terms(student, [targets[0], None]).tolist() == pytest.approx([0.5 * KL_SHARP_VS_UNIFORM, 0.0])
+    assert teacher_kd_terms(student, [None, online]).tolist() == pytest.approx([0.0, 0.75 * KL_UNIFORM_VS_SHARP])
+    assert teacher_kd_terms(student, [targets[0]], kd_loss="mse").tolist() == pytest.approx(
+        [0.5 * LN3**2 / 2, 0.0]  # mse of (0, 0) vs (ln 3, 0), weight 0.5; the second student equals t0
+    )
 
 
 def test_mse_term():
