@@ -268,6 +268,9 @@ class PhaseCost:
     decisions: int = 0
     decisions_replayed: int = 0
     """Decisions served from a stored branch (not retrained)."""
+    epochs_trained: float = 0.0
+    """Training compute of the decisions not replayed, in plain full-data epochs (a 30% epoch
+    counts ~0.3): :attr:`envs.distillation_env.DistillationEnv.compute_trained` spent in the phase."""
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     episodes_reused: int = 0
@@ -277,10 +280,10 @@ class PhaseCost:
     def fraction_replayed(self) -> float:
         return self.decisions_replayed / self.decisions if self.decisions else 0.0
 
-    def to_dict(self, decisions_per_epoch: int = 1) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "episodes": self.episodes, "decisions": self.decisions, "decisions_replayed": self.decisions_replayed,
-            "epochs_trained": (self.decisions - self.decisions_replayed) / decisions_per_epoch,
+            "epochs_trained": self.epochs_trained,
             "fraction_replayed": self.fraction_replayed, "cpu_seconds": self.cpu_seconds,
             "wall_seconds": self.wall_seconds, "episodes_reused": self.episodes_reused,
         }
@@ -316,7 +319,7 @@ def _run(
     if progress is not None and reused:
         progress.update(len(reused))
     hits0 = env.branches.hits if env.branches is not None else 0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    trained0, cpu0, wall0 = env.compute_trained, time.process_time(), time.perf_counter()
     records = list(reused)
     for name, seed in pairs:
         records.extend(evaluate_controller(env, controllers[name], [seed], deterministic=True, name=name))
@@ -326,6 +329,7 @@ def _run(
     cost.episodes_reused += len(reused)
     cost.decisions += len(pairs) * env.steps_per_episode
     cost.decisions_replayed += (env.branches.hits if env.branches is not None else 0) - hits0
+    cost.epochs_trained += env.compute_trained - trained0
     cost.cpu_seconds += time.process_time() - cpu0
     cost.wall_seconds += time.perf_counter() - wall0
     order = {n: i for i, n in enumerate(controllers)}
@@ -485,12 +489,11 @@ def run_protocol(
     for n in controllers:
         roles.setdefault(n, []).append("controller")
     rows = report_rows(eval_records, roles, reference, best_static)
-    per_epoch = env.decisions_per_epoch
     return ProtocolResult(
         candidates=list(candidates), selection=table, reference=reference, best_static=best_static,
         oracle=oracle_name, rows=rows, selection_records=selection_records, eval_records=eval_records,
         selection_seeds=sel_seeds, eval_seeds=ev_seeds,
-        costs={k: v.to_dict(per_epoch) for k, v in costs.items()},
+        costs={k: v.to_dict() for k, v in costs.items()},
     )
 
 
@@ -515,7 +518,7 @@ def format_protocol(result: ProtocolResult) -> str:
         f"scores in points over evaluation seeds {list(result.eval_seeds)}; compute in plain full-data student epochs. "
         f"Reference {result.reference!r} chosen on ctrl over selection seeds {list(result.selection_seeds)} "
         f"among {len(result.candidates)} candidates; grid search cost: {sel['episodes']} episodes, "
-        f"{sel['epochs_trained']:.0f} epochs trained ({100 * sel['fraction_replayed']:.0f}% of decisions replayed "
+        f"{sel['epochs_trained']:.1f} plain epochs trained ({100 * sel['fraction_replayed']:.0f}% of decisions replayed "
         f"from branches), {sel['cpu_seconds']:.0f} CPU s."
     )
     if result.oracle is not None:

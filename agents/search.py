@@ -174,7 +174,7 @@ def tree_search(
     names = list(menu)
     order = {n: i for i, n in enumerate(names)}
     cost = PhaseCost()
-    hits0, cpu0, wall0 = env.branches.hits, time.process_time(), time.perf_counter()
+    hits0, trained0, cpu0, wall0 = env.branches.hits, env.compute_trained, time.process_time(), time.perf_counter()
     beams: list[tuple[str, ...]] = [()]
     spent: dict[tuple[str, ...], float] = {(): 0.0}
     nodes: list[Node] = []
@@ -216,13 +216,14 @@ def tree_search(
             spent = {n.names: n.compute for n in ranked[:beam]}
     cost.episodes = sum(n.depth == horizon for n in nodes) * len(seeds)  # complete episodes
     cost.decisions_replayed = env.branches.hits - hits0
+    cost.epochs_trained = env.compute_trained - trained0
     cost.cpu_seconds = time.process_time() - cpu0
     cost.wall_seconds = time.perf_counter() - wall0
     best = beams[0]
     return SearchResult(
         names=best, plans=tuple(menu[n] for n in best), nodes=tuple(nodes), seeds=seeds, beam=beam,
         cost_weight=weight, max_compute=None if max_compute is None else float(max_compute),
-        cost=cost.to_dict(env.decisions_per_epoch),
+        cost=cost.to_dict(),
     )
 
 
@@ -273,5 +274,6 @@ def format_search(result: SearchResult) -> str:
     c = result.cost
     lines.append(f"schedule: {result.label}")
     lines.append(f"cost: {c['decisions']} decisions, {c['decisions_replayed']} replayed, {c['decisions'] - c['decisions_replayed']} trained "
-                 f"(one decision: one epoch or part of one), {c['cpu_seconds']:.0f} CPU s")
+                 f"(one decision: one epoch or part of one; {c['epochs_trained']:.1f} plain epochs of training), "
+                 f"{c['cpu_seconds']:.0f} CPU s")
     return "\n".join(lines)

@@ -73,6 +73,9 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self.observation_space = observation_space(self.distiller.num_teachers, self.codec.dim)
         self.observation_names = observation_names(self.distiller.num_teachers, self.codec.dim, self.codec.labels)
         self.branches: BranchCache | None = BranchCache(self.config.branch_cache) if self.config.branch_cache else None
+        self.compute_trained = 0.0
+        """Compute (plain epochs) of every decision this env trained, over all its episodes; decisions
+        replayed from a stored branch add nothing. What learning or a search actually spent."""
         self._t: int | None = None  # decisions taken; None before the first reset
 
     # ------------------------------------------------------------------ gymnasium API
@@ -125,6 +128,8 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
             self._materialise()  # the distiller ends the episode in its final state (dev, export)
         step_compute = (stats.student_flops + stats.teacher_flops) / self.distiller.full_epoch_flops
         self._compute += step_compute
+        if branch is None:
+            self.compute_trained += step_compute
         self._t += 1
         terminated = self._t >= self.steps_per_episode
         reward = step_reward(

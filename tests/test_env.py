@@ -314,9 +314,11 @@ def test_branching_episode_reproduces_the_episode_from_scratch(config, distiller
     monkeypatch.setattr(distiller, "train_epoch", lambda *args, **kw: trained.append(1) or original(*args, **kw))
     for actions, ref, ref_weights, skipped in ((b, ref_b, ref_b_weights, 2), (c, ref_c, ref_c_weights, 1)):
         trained.clear()
-        hits = branching.branches.hits
+        hits, spent = branching.branches.hits, branching.compute_trained
         got = run_episode(branching, actions, seed=21)
         assert branching.branches.hits - hits == skipped and len(trained) == len(actions) - skipped
+        # only the decisions trained count as compute spent (a replayed 30% epoch costs nothing)
+        assert branching.compute_trained - spent == pytest.approx(sum(i["step_compute"] for i in got[2][skipped:]))
         for x, y in zip(got[0], ref[0], strict=True):
             np.testing.assert_array_equal(x, y)
         assert got[1] == ref[1]

@@ -74,6 +74,10 @@ def test_a_wide_beam_is_exhaustive_and_its_scores_are_what_a_fresh_run_gives(con
     # the branches paid: every depth-2 trial replayed its depth-1 prefix
     assert result.cost["decisions_replayed"] >= len(menu) ** 2 * len(seeds)
     assert result.cost["episodes"] == len(menu) ** 2 * len(seeds)
+    # the training compute it spent: each depth-1 prefix once, then only the second steps
+    first = {n.names: n.compute for n in result.nodes if n.depth == 1}
+    spent = len(seeds) * (sum(first.values()) + sum(leaves[n].compute - first[n[:1]] for n in leaves))
+    assert result.cost["epochs_trained"] == pytest.approx(spent)
 
 
 def test_greedy_search_keeps_one_prefix_and_writes_a_schedule_file(config, distiller, tmp_path):
