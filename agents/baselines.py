@@ -175,6 +175,11 @@ class StepRecord:
     ctrl_score: float
     reward: float
     compute: float
+    ctrl: dict[str, Any] | None = None
+    """The ctrl evaluation after the step (``EvalStats.to_dict()`` without wall time): the state a
+    surrogate of the KD run learns from. None in records written before DynaKD kept it."""
+    initial_ctrl: dict[str, Any] | None = None
+    """On the first step only: the fresh student's ctrl evaluation (the episode's initial state)."""
 
 
 @dataclass
@@ -247,7 +252,8 @@ def evaluate_controller(
             step = StepInfo.from_info(info)
             record.steps.append(StepRecord(
                 step=step.step, plan=dict(step.plan), stats=dict(step.stats), ctrl_score=step.ctrl_score,
-                reward=float(reward), compute=step.step_compute,
+                reward=float(reward), compute=step.step_compute, ctrl=dict(step.ctrl),
+                initial_ctrl=None if step.initial_ctrl is None else dict(step.initial_ctrl),
             ))
         record.final_ctrl_score = step.ctrl_score
         record.final_dev_score = step.dev_score

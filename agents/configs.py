@@ -144,8 +144,10 @@ class LearnConfig:
     of plans continue from the stored state of that prefix instead of retraining it (as a policy
     converges, most episodes share their first epochs)."""
     surrogate: tuple[str, ...] = ()
-    """Logs of earlier runs to pre-train on (``episodes.jsonl`` files or run folders; any task, with
-    as many teachers and this menu). Before its ``total_episodes`` real episodes, the learner
+    """Logs of earlier runs to pre-train on (any task, with as many teachers and this menu): a
+    learning run's ``episodes.jsonl``, the episode records of ``compare.py`` (a protocol's
+    ``selection.jsonl``, where the grid applies every menu plan at every depth, or
+    ``evaluation.jsonl``), or the folders holding them. Before its ``total_episodes`` real episodes, the learner
     learns ``surrogate_episodes`` on a surrogate of the KD run fitted to the logs
     (``envs.surrogate``; seconds, not hours). Empty = no pre-training."""
     surrogate_episodes: int = 2000

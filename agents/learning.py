@@ -17,6 +17,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.baselines import EpisodeRecord
 from agents.callbacks import (
     EPISODES_FILE,
     Checkpoint,
@@ -267,9 +268,18 @@ SURROGATE_FILE = "surrogate.json"
 """The fitted surrogate of a pre-trained run and its cross-validation (:func:`pretrain_on_surrogate`)."""
 
 
+RECORD_FILES = ("selection.jsonl", "evaluation.jsonl")
+"""Episode records ``compare.py`` writes (:class:`agents.baselines.EpisodeRecord`), which a surrogate
+can also learn from: a protocol's selection episodes (dev sealed) first."""
+
+
 def read_logs(paths: Sequence[str | Path]) -> Logs:
-    """The logged decisions of ``episodes.jsonl`` files, or of run folders holding one, for
-    :class:`envs.surrogate.SurrogateModel` (a torn last line, from a killed run, is skipped).
+    """The logged decisions of earlier runs, for :class:`envs.surrogate.SurrogateModel`.
+
+    Each path is a log file or a folder holding one: a learning run's ``episodes.jsonl`` (a torn
+    last line, from a killed run, is skipped), or the episode records of ``compare.py``
+    (``selection.jsonl`` of a protocol, whose grid applies every menu plan at every depth, else
+    ``evaluation.jsonl``).
 
     :raises ConfigError: a path that is neither, or logs the surrogate cannot use
         (:func:`envs.surrogate.logs_from_lines`).
@@ -277,11 +287,39 @@ def read_logs(paths: Sequence[str | Path]) -> Logs:
     sources = {}
     for raw in paths:
         path = Path(raw)
-        path = path / EPISODES_FILE if path.is_dir() else path
+        if path.is_dir():
+            found = [path / name for name in (EPISODES_FILE, *RECORD_FILES) if (path / name).is_file()]
+            path = found[0] if found else path / EPISODES_FILE
         if not path.is_file():
-            raise ConfigError(f"--surrogate {raw}: no such file (give an episodes.jsonl or the run folder holding one)")
-        sources[str(path)] = read_episodes(path)
+            raise ConfigError(
+                f"--surrogate {raw}: no such file (give an episodes.jsonl, a compare.py selection.jsonl or "
+                "evaluation.jsonl, or the run folder holding one)"
+            )
+        lines = read_episodes(path)
+        sources[str(path)] = record_lines(lines, path) if lines and "controller" in lines[0] else lines
     return logs_from_lines(sources)
+
+
+def record_lines(records: Sequence[dict[str, Any]], source: str | Path) -> list[dict[str, Any]]:
+    """``compare.py`` episode records (:meth:`EpisodeRecord.to_dict` lines) as ``episodes.jsonl`` lines.
+
+    :raises ConfigError: records without their ctrl states (written before DynaKD kept them).
+    """
+    lines = []
+    for episode, data in enumerate(records):
+        record = EpisodeRecord.from_dict(data)
+        for step in record.steps:
+            if step.ctrl is None:
+                raise ConfigError(
+                    f"{source}: episode records without ctrl states (written before DynaKD recorded them) cannot "
+                    "train a surrogate; run compare.py again with this version"
+                )
+            line = {"episode": episode, "step": step.step, "plan": step.plan, "ctrl": step.ctrl,
+                    "stats": step.stats, "step_compute": step.compute}
+            if step.initial_ctrl is not None:
+                line["initial_ctrl"] = step.initial_ctrl
+            lines.append(line)
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)

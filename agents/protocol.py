@@ -385,7 +385,7 @@ def read_records(path: str | Path) -> list[EpisodeRecord]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist; --reuse needs a folder written by compare.py --protocol")
+        raise ConfigError(f"{path} does not exist; give a folder written by compare.py (--protocol for selection.jsonl)")
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -393,7 +393,9 @@ def read_records(path: str | Path) -> list[EpisodeRecord]:
         try:
             out.append(EpisodeRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, ConfigError) as e:
-            raise ConfigError(f"{path} line {i} is not an episode record ({e}); rerun the protocol without --reuse") from e
+            raise ConfigError(
+                f"{path} line {i} is not an episode record ({e}); give a file compare.py wrote, or run it again"
+            ) from e
     return out
 
 

@@ -163,3 +163,29 @@ def test_learn_policy_refuses_logs_it_cannot_use_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         learn_policy(dataclasses.replace(cfg, surrogate=(str(tmp_path / "nowhere"),)))
     assert not cache.exists()
+
+
+def test_compare_records_train_a_surrogate_as_learning_logs_do(tiny_cache, tmp_path):
+    """A protocol's selection.jsonl (or compare.py's evaluation.jsonl) holds each step's ctrl state and
+    the fresh student's: read_logs turns its episodes into the same decisions an episodes.jsonl gives."""
+    from agents import ScheduleController, evaluate_controller
+    from envs import DistillationEnv
+
+    env = DistillationEnv(tiny_config(cache_dir=str(tiny_cache), menu=("kd-t0", "kd-t1")))
+    plans = [EpochPlan(**plan_fields(n, 2)) for n in ("kd-t1", "kd-t0", "kd-t1")]
+    records = evaluate_controller(env, ScheduleController(plans), seeds=[3, 4])
+    folder = tmp_path / "protocol"
+    folder.mkdir()
+    (folder / "selection.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    logs = read_logs([folder])
+    assert logs.num_episodes == 2 and len(logs.steps) == 6
+    _, info = env.reset(seed=4)
+    np.testing.assert_array_equal(logs.steps[3].before, state_vector(info["ctrl"]))  # the fresh student
+    for got, step in zip(logs.steps, [s for r in records for s in r.steps], strict=True):
+        np.testing.assert_array_equal(got.after, state_vector(step.ctrl))
+        assert got.plan == EpochPlan.from_dict(step.plan) and got.compute == step.compute
+    old = [{**r.to_dict(), "steps": [{k: v for k, v in s.items() if k not in ("ctrl", "initial_ctrl")}
+                                      for s in r.to_dict()["steps"]]} for r in records]
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(ConfigError, match="without ctrl states"):
+        read_logs([tmp_path / "old.jsonl"])
