@@ -14,3 +14,13 @@ def tiny_cache(tmp_path_factory):
     path = tmp_path_factory.getbasetemp() / "dynakd-tiny-cache"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_in_pytest_temp(tmp_path_factory):
+    """An SB3 agent learning without TensorBoard still makes a logger folder, by default a new
+    ``$TMPDIR/SB3-<time>`` per ``learn`` call that nobody removes; keep them in pytest's temp."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+    yield
+    mp.undo()
