@@ -126,12 +126,23 @@ class ScheduleController:
                     raise ConfigError(f"schedule step {i}: {e}") from e
             else:
                 raise ConfigError(f"schedule step {i} is a {type(p).__name__} ({p!r}), not a plan mapping")
+        for i, p in enumerate(parsed[:-1]):
+            if p.final:
+                raise ConfigError(
+                    f"schedule step {i} is a final plan (it ends the run) but {len(parsed) - 1 - i} plan(s) follow "
+                    "it; end the schedule there, or drop final from that plan"
+                )
         self.plans: tuple[EpochPlan, ...] = tuple(parsed)
         self.name = name
 
     @property
     def num_steps(self) -> int:
         return len(self.plans)
+
+    def fits(self, steps: int) -> bool:
+        """Whether the schedule runs a whole episode of ``steps`` decisions: one plan per decision, or
+        fewer that end in a final plan (which ends the run early)."""
+        return self.num_steps == steps or (self.num_steps < steps and self.plans[-1].final)
 
     def predict(
         self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
@@ -229,11 +240,11 @@ def evaluate_controller(
     :raises ConfigError: a schedule whose length differs from the env's episode, before any training.
     """
     length = getattr(env.unwrapped, "steps_per_episode", None)
-    steps = getattr(controller, "num_steps", None)
-    if steps is not None and length is not None and steps != length:
+    if isinstance(controller, ScheduleController) and length is not None and not controller.fits(length):
         raise ConfigError(
-            f"the schedule has {steps} plans but an episode has {length} decisions "
-            "(horizon x decisions_per_epoch); record or write a schedule of that length"
+            f"the schedule has {controller.num_steps} plans but an episode has {length} decisions "
+            "(horizon x decisions_per_epoch); record or write a schedule of that length, or end a "
+            "shorter one with a final plan (a name ending in -end)"
         )
     label = name or getattr(controller, "name", None) or type(controller).__name__
     records = []

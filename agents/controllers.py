@@ -37,11 +37,12 @@ def _label(path: Path) -> str:
 def load_schedule(path: str | Path, config: EnvConfig, spaces: Spaces, name: str | None = None) -> ScheduleController:
     """A schedule file, checked against the env (length, teachers) before any work."""
     schedule = ScheduleController.load(path, name=name or _label(Path(path)))
-    if schedule.num_steps != config.steps_per_episode:
+    if not schedule.fits(config.steps_per_episode):
         raise ConfigError(
             f"schedule {path} has {schedule.num_steps} plans but an episode of this env has "
             f"{config.steps_per_episode} decisions (horizon {config.epochs} x decisions_per_epoch "
-            f"{config.decisions_per_epoch}); pass a matching --horizon / --decisions-per-epoch"
+            f"{config.decisions_per_epoch}); pass a matching --horizon / --decisions-per-epoch "
+            "(a shorter schedule must end in a final plan)"
         )
     for i, plan in enumerate(schedule.plans):
         if plan.teacher_weights is not None and len(plan.teacher_weights) != spaces.num_teachers:
@@ -111,11 +112,12 @@ def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleCon
     """``A>B>C``: plan names, one per decision (as the search and the protocol label schedules)."""
     names = spec.split(">")
     steps = config.steps_per_episode
-    if len(names) != steps:
+    if len(names) != steps and not (len(names) < steps and names[-1].endswith("-end")):
         example = ">".join(names[:steps] + names[-1:] * (steps - len(names)))  # cut, or the last repeated
         raise ConfigError(
             f"schedule {spec!r} names {len(names)} plan(s) but an episode has {steps} decisions; "
-            f"write one plan name per decision, e.g. {example}"
+            f"write one plan name per decision, e.g. {example}, or end a shorter schedule with a "
+            "final plan (a name ending in -end)"
         )
     plans = []
     for i, name in enumerate(names):
@@ -123,7 +125,10 @@ def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleCon
             plans.append(_plan(plan_fields(name, spaces.num_teachers, spaces.regression), config))
         except ConfigError as err:
             raise ConfigError(f"schedule {spec!r} step {i}: {err}") from None
-    return ScheduleController(plans, name=spec)
+    try:
+        return ScheduleController(plans, name=spec)
+    except ConfigError as err:
+        raise ConfigError(f"schedule {spec!r}: {err}") from None
 
 
 def plan_label(plan: Mapping[str, Any], config: EnvConfig, spaces: Spaces) -> str:

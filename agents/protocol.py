@@ -63,7 +63,7 @@ class Candidate:
 
     :param name: ``A`` for a static plan, ``A>B`` for "A for the first epoch, B for the rest".
     :param kind: ``static`` or ``grid``.
-    :param plans: one plan per decision of an episode.
+    :param plans: one plan per decision of an episode, or fewer ending in a final plan.
     """
 
     name: str
@@ -96,10 +96,18 @@ def candidate_schedules(
 ) -> list[Candidate]:
     """Static plans (each plan every step) and the "A first, then B" grid (A != B).
 
+    Plans that end the run (``EpochPlan.final``, names ending in ``-end``) make the horizon part of
+    the choice, for the reference as for a controller: a final B ends the run right after A's
+    epoch (a final plan alone is a one-decision run), and a plan whose final twin is also on the
+    menu (``kd-t1`` and ``kd-t1-end``) adds every shorter run of it, static or as B, ended by the
+    twin (``kd-t1>kd-t1>kd-t1-end``: a static plan over 3 epochs, its last with the schedule's
+    decay). Such shorter runs count as static (or grid) candidates.
+
     :param plans: the menu, by name.
     :param steps: decisions per episode.
     :param first_steps: decisions of the first epoch (``decisions_per_epoch``).
-    :param first_plans: names A may take; None = the menu's full-data plans (:func:`is_full_data`).
+    :param first_plans: names A may take; None = the menu's full-data plans (:func:`is_full_data`)
+        that do not end the run.
     :param rest_plans: names B may take; None = the whole menu. Empty ``first_plans`` or
         ``rest_plans`` leave only the static plans.
     :return: static candidates first (menu order), then the grid, grouped by A (so that schedules
@@ -108,21 +116,57 @@ def candidate_schedules(
     """
     if not plans:
         raise ConfigError("candidate_schedules needs at least one plan on the menu")
-    first = [n for n, p in plans.items() if is_full_data(p)] if first_plans is None else list(first_plans)
+    first = [n for n, p in plans.items() if is_full_data(p) and not p.final] if first_plans is None else list(first_plans)
     rest = list(plans) if rest_plans is None else list(rest_plans)
     unknown = sorted({n for n in (*first, *rest) if n not in plans})
     if unknown:
         raise ConfigError(f"grid plan name(s) {unknown} are not on the menu {list(plans)}; name menu plans")
-    out = [Candidate(n, "static", (p,) * steps) for n, p in plans.items()]
+    ending = [n for n in first if plans[n].final]
+    if ending:
+        raise ConfigError(f"first plan(s) {ending} end the run after the first epoch; an 'A first, then B' grid needs "
+                          "an A that does not (name plans without -end)")
     if (first or rest) and steps <= first_steps:
         raise ConfigError(
             f"an 'A first, then B' grid needs more than the first epoch's {first_steps} decision(s) per episode "
             f"(the episode has {steps}); use a longer horizon, or pass no grid plans"
         )
+    twin = {n: final_twin(p, plans) for n, p in plans.items()}
+    out: list[Candidate] = []
+    for n, p in plans.items():
+        out.extend(_runs(n, "static", [], n, p, twin[n], steps, plans))
     for a in dict.fromkeys(first):
+        head = [plans[a]] * first_steps
         for b in dict.fromkeys(rest):
             if a != b:
-                out.append(Candidate(f"{a}>{b}", "grid", (plans[a],) * first_steps + (plans[b],) * (steps - first_steps)))
+                out.extend(_runs(f"{a}>{b}", "grid", head, b, plans[b], twin[b], steps, plans, prefix=a))
+    unique: dict[tuple[EpochPlan, ...], Candidate] = {}
+    for c in out:
+        unique.setdefault(c.plans, c)  # "A>B-end" is also "A, then B ending at once": keep the first name
+    return list(unique.values())
+
+
+def final_twin(plan: EpochPlan, plans: Mapping[str, EpochPlan]) -> str | None:
+    """The menu name of ``plan`` as a final plan (the same plan ending the run), if the menu has one."""
+    if plan.final:
+        return None
+    ended = plan.replace(final=True)
+    return next((n for n, p in plans.items() if p == ended), None)
+
+
+def _runs(
+    name: str, kind: CandidateKind, head: list[EpochPlan], rest_name: str, rest: EpochPlan, twin: str | None,
+    steps: int, plans: Mapping[str, EpochPlan], prefix: str | None = None,
+) -> list[Candidate]:
+    """``head`` then ``rest`` to the episode's end; a final ``rest`` ends the run at once; with a final
+    twin of ``rest`` on the menu, also every shorter run (``rest`` some decisions, then its twin).
+    Shorter runs are named by their plans joined with ``>``, as the search names schedules."""
+    if rest.final:
+        return [Candidate(name, kind, (*head, rest))]
+    out = [Candidate(name, kind, (*head, *[rest] * (steps - len(head))))]
+    if twin is not None:
+        for k in range(steps - len(head) - 1):
+            names = [*([prefix] * len(head) if prefix else []), *[rest_name] * k, twin]
+            out.append(Candidate(">".join(names), kind, (*head, *[rest] * k, plans[twin])))
     return out
 
 
@@ -449,8 +493,9 @@ def run_protocol(
     if not any(c.kind == "static" for c in candidates):
         raise ConfigError("the candidates hold no static plan; the best static plan is part of the report")
     for c in candidates:
-        if len(c.plans) != env.steps_per_episode:
-            raise ConfigError(f"candidate {c.name!r} has {len(c.plans)} plans; an episode has {env.steps_per_episode}")
+        if not c.controller().fits(env.steps_per_episode):
+            raise ConfigError(f"candidate {c.name!r} has {len(c.plans)} plans; an episode has {env.steps_per_episode} "
+                              "(a shorter candidate must end in a final plan)")
     schedules = {c.name: c.controller() for c in candidates}
     base = env.config.replace(branch_cache=branch_cache)
     select_env = DistillationEnv(base.replace(report_dev=False), distiller=env.distiller)

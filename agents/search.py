@@ -12,9 +12,16 @@ seed; an extension is scored by the mean over seeds of the *objective so far*
     ``100 x ctrl score after it - cost_weight x compute spent so far`` (plain epochs),
 
 which is the dense reward's return up to a constant (:mod:`envs.reward`), and the ``beam`` best
-extensions are kept (ties: less compute, then menu order). With ``beam = 1`` this is greedy: H
-rounds of ``len(menu)`` one-epoch trials per seed, i.e. ``H x len(menu) x seeds`` decisions, every
-prefix replayed. With a compute budget (``max_compute``) only prefixes that can still end within
+extensions are kept (ties: less compute, then menu order). A menu plan that ends the run
+(``EpochPlan.final``, a name ending in ``-end``) makes its extension a *complete* schedule shorter
+than the episode: it competes with the schedules that run to the last decision, never for a place
+in the beam, and the search returns the best complete schedule it scored. A prefix that does not
+end is ranked for the beam by the better of its own objective and that of the same prefix ended by
+its last plan's final twin (``kd-t1`` by ``kd-t1-end``), when the menu has it: what the prefix is
+worth if the run stops there, with the learning rate annealed (an unfinished prefix still has a
+high learning rate, which a greedy ranking would hold against it). With ``beam = 1`` this
+is greedy: H rounds of ``len(menu)`` one-epoch trials per seed, i.e. ``H x len(menu) x seeds``
+decisions, every prefix replayed. With a compute budget (``max_compute``) only prefixes that can still end within
 it are kept, so the search returns the best schedule it finds under the budget. The result is an
 open-loop :class:`agents.baselines.ScheduleController` (the same plan at step t on every seed),
 saved as a schedule file that ``compare.py`` and ``replay_schedule.py`` read.
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines import ScheduleController
-from agents.protocol import PhaseCost, dev_sealed
+from agents.protocol import PhaseCost, dev_sealed, final_twin
 from envs.distillation_env import DistillationEnv
 from envs.records import StepInfo
 from envs.reward import POINTS
@@ -51,7 +58,8 @@ class Node:
     :param ctrl_score: mean ctrl score after the prefix.
     :param compute: mean compute of the prefix (plain epochs).
     :param per_seed: the objective on each search seed, in seed order.
-    :param kept: whether the prefix stayed in the beam.
+    :param kept: whether the prefix stayed in the beam, or, for a complete schedule (one that ends
+        in a final plan or at the episode's last decision), whether it is in the running for the result.
     :param feasible: whether the prefix can still end within the search's compute budget
         (always True without one).
     """
@@ -74,7 +82,8 @@ class Node:
 class SearchResult:
     """The searched schedule, every node scored on the way, and what the search cost.
 
-    :param names: the schedule's menu names, one per decision.
+    :param names: the schedule's menu names, one per decision (fewer than the episode's when the
+        last one ends the run).
     :param plans: the schedule's plans.
     :param nodes: every prefix scored, depth by depth.
     :param seeds: the search seeds.
@@ -165,6 +174,8 @@ def tree_search(
         raise ConfigError(f"max_compute={max_compute!r} must be a positive budget in plain epochs, or None")
     weight = env.config.cost_weight if cost_weight is None else float(cost_weight)
     horizon = env.steps_per_episode
+    can_end = any(p.final for p in menu.values())  # a prefix may then end after one more decision
+    twins = {n: final_twin(p, menu) for n, p in menu.items()}
     # What a later decision costs at least: the cheapest step measured so far, or the smallest data
     # share of the menu times the cheapest full-data step, whichever is lower. (A step's cost depends
     # on the state: a stale-scored selection from scratch first scores the whole pool, ~r + 1/3, but
@@ -178,8 +189,11 @@ def tree_search(
     beams: list[tuple[str, ...]] = [()]
     spent: dict[tuple[str, ...], float] = {(): 0.0}
     nodes: list[Node] = []
+    complete: list[Node] = []  # schedules that end: a final plan, or the episode's last decision
     with dev_sealed(env.distiller):
         for depth in range(1, horizon + 1):
+            if not beams:
+                break  # every kept prefix has ended
             scored = []
             for prefix in beams:
                 for name in names:
@@ -198,33 +212,47 @@ def tree_search(
             cheapest_step = min(cheapest_step, *(c for c, _ in steps))
             cheapest_full = min(cheapest_full, *(c for c, r in steps if r == 1.0), float("inf"))
             floor = min(cheapest_step, min(share.values()) * cheapest_full)
+            ended = {n.names for n in scored if depth == horizon or menu[n.names[-1]].final}
+            left = 0 if depth == horizon else 1 if can_end else horizon - depth  # fewest decisions still to pay
             if max_compute is not None:
-                scored = [replace(n, feasible=n.compute + (horizon - depth) * floor <= max_compute + 1e-9)
+                scored = [replace(n, feasible=n.compute + (0 if n.names in ended else left) * floor <= max_compute + 1e-9)
                           for n in scored]
-            ranked = sorted((n for n in scored if n.feasible),
-                            key=lambda n: (-n.objective, n.compute, [order[x] for x in n.names]))
-            if not ranked:
-                low = min(n.compute + (horizon - depth) * floor for n in scored)
+            value = {n.names: n.objective for n in scored if n.feasible}
+            for n in scored:  # a prefix is worth at least what ending it at once gives
+                ending = n.names[:-1] + (twins[n.names[-1]],) if twins[n.names[-1]] else None
+                if n.names in value and ending in value:
+                    value[n.names] = max(value[n.names], value[ending])
+            ranked = sorted((n for n in scored if n.feasible and n.names not in ended),
+                            key=lambda n: (-value[n.names], *_rank(order)(n)))
+            done = [n for n in scored if n.feasible and n.names in ended]
+            if not ranked and not done and not complete:
+                low = min(n.compute + (0 if n.names in ended else left) * floor for n in scored)
                 raise ConfigError(
                     f"no schedule fits max_compute={max_compute:g} plain epochs: at depth {depth} the cheapest "
-                    f"prefix needs at least {low:.2f} (its compute plus {horizon - depth} decision(s) at the "
+                    f"prefix needs at least {low:.2f} (its compute plus {left} decision(s) at the "
                     f"least a step can cost, {floor:.2f}); raise --max-compute or offer cheaper plans"
                 )
-            keep = {n.names for n in ranked[:beam]}
+            keep = {n.names for n in ranked[:beam]} | {n.names for n in done}
             nodes.extend(replace(n, kept=n.names in keep) for n in scored)
+            complete.extend(replace(n, kept=True) for n in done)
             beams = [n.names for n in ranked[:beam]]
             spent = {n.names: n.compute for n in ranked[:beam]}
-    cost.episodes = sum(n.depth == horizon for n in nodes) * len(seeds)  # complete episodes
+    cost.episodes = len(complete) * len(seeds)  # complete episodes
     cost.decisions_replayed = env.branches.hits - hits0
     cost.epochs_trained = env.compute_trained - trained0
     cost.cpu_seconds = time.process_time() - cpu0
     cost.wall_seconds = time.perf_counter() - wall0
-    best = beams[0]
+    best = min(complete, key=_rank(order)).names
     return SearchResult(
         names=best, plans=tuple(menu[n] for n in best), nodes=tuple(nodes), seeds=seeds, beam=beam,
         cost_weight=weight, max_compute=None if max_compute is None else float(max_compute),
         cost=cost.to_dict(),
     )
+
+
+def _rank(order: Mapping[str, int]) -> Any:
+    """Sort key of nodes: best objective first; ties: less compute, then menu order."""
+    return lambda n: (-n.objective, n.compute, [order[x] for x in n.names])
 
 
 def _run_prefix(env: DistillationEnv, plans: Sequence[EpochPlan], seed: int) -> tuple[float, float]:

@@ -90,9 +90,15 @@ REUSE_IGNORED = ("backend.progress", "backend.cache_dir", "cost_weight", "reward
 and compute; the reward is not used to rank anything): ``--reuse`` ignores them, so a policy learned
 with another ``cost_weight`` joins an earlier protocol."""
 
+REUSE_MENU = ("menu",)
+"""Settings ``--reuse`` accepts changed: candidates are matched by their plans, whatever menu named
+them, so a protocol rerun with a longer menu (``kd-t1-end`` added) runs only its new candidates; the
+``random`` controller, whose actions are menu indices, is then run again rather than reused."""
 
-def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any], dict[str, Any]]:
-    """The episodes and phase costs of an earlier ``compare.py --protocol`` folder, for ``--reuse``.
+
+def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any], dict[str, Any], bool]:
+    """The episodes, phase costs and whether the menu changed, of an earlier ``compare.py --protocol``
+    folder, for ``--reuse``.
 
     :raises ConfigError: a folder that is not a protocol run, or one run with other env settings
         (naming each setting that differs), whose episodes would mean something else.
@@ -103,7 +109,8 @@ def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any]
         raise ConfigError(f"--reuse {folder}: no protocol.json there; name a folder written by compare.py --protocol")
     before = load_config_file(CompareConfig, folder / CONFIG_FILE)
     old, new = flatten(config_dict(before.env)), flatten(config_dict(cfg.env))
-    differ = sorted(k for k in set(old) | set(new) if k not in REUSE_IGNORED and old.get(k) != new.get(k))
+    changed = {k for k in set(old) | set(new) if k not in REUSE_IGNORED and old.get(k) != new.get(k)}
+    differ = sorted(changed - set(REUSE_MENU))
     if differ:
         shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:6])
         raise ConfigError(
@@ -115,7 +122,7 @@ def read_protocol_run(folder: str | Path, cfg: CompareConfig) -> tuple[list[Any]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(f"--reuse {folder}: protocol.json is unreadable ({e}); drop --reuse") from e
     records = read_records(folder / "selection.jsonl") + read_records(folder / "evaluation.jsonl")
-    return records, costs
+    return records, costs, bool(changed & set(REUSE_MENU))
 
 
 def learn_policy(cfg: LearnConfig) -> list[dict]:
@@ -234,7 +241,8 @@ def _protocol(cfg: CompareConfig, spaces: Spaces, out: Path, env: DistillationEn
     result = run_protocol(
         env, candidates, controllers, cfg.selection_seeds, cfg.eval_seeds,
         oracle=cfg.oracle, branch_cache=cfg.protocol_branch_cache, show_progress=cfg.env.backend.progress,
-        prior=prior[0], reuse_names=[n for n in names if not n.endswith((".zip", ".json"))],
+        prior=prior[0],
+        reuse_names=[n for n in names if not n.endswith((".zip", ".json")) and not (prior[2] and n == "random")],
     )
     if cfg.reuse is not None:
         result.costs = merge_costs(prior[1], result.costs)
@@ -251,7 +259,7 @@ def compare(cfg: CompareConfig) -> list[dict]:
     controllers = build_controllers(cfg.controllers, cfg.env, spaces)  # all checked before any work
     out = Path(cfg.out)
     check_folder(out, overwrite=cfg.overwrite)  # refused before any work, written only once all is built
-    prior = read_protocol_run(cfg.reuse, cfg) if cfg.reuse is not None else ((), {})  # before out is claimed
+    prior = read_protocol_run(cfg.reuse, cfg) if cfg.reuse is not None else ((), {}, False)  # before out is claimed
     env = build_env(cfg.env, spaces)
     claim_folder(out, overwrite=cfg.overwrite)
     save_config(out / CONFIG_FILE, cfg)

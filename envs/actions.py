@@ -102,6 +102,7 @@ def named_plans(num_teachers: int, regression: bool = False) -> dict[str, dict[s
 
 _FRACTION_NAME = re.compile(r"frac-(0?\.\d+|1(?:\.0*)?)(?:-(random|stale|kd|stale-kd))?(?:-t(\d+))?")
 _LR_SUFFIX = re.compile(r"(.+)-lr(\d*\.?\d+)")
+_END_SUFFIX = re.compile(r"(.+)-end")
 
 
 def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[str, Any]:
@@ -117,10 +118,18 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
     alone, as ``kd-tK`` does, and ranks by that teacher (e.g. ``frac-0.3-stale-kd-t1``).
 
     Any of these names may end in ``-lrX``: the same plan with the run's learning-rate schedule
-    scaled by ``X`` during its epoch (``EpochPlan.lr_scale``; e.g. ``frac-0.3-stale-t1-lr2``).
+    scaled by ``X`` during its epoch (``EpochPlan.lr_scale``; e.g. ``frac-0.3-stale-t1-lr2``), and
+    in ``-end``: the same plan as the run's last epoch (``EpochPlan.final``: the rest of the
+    learning-rate schedule is compressed into it and the episode ends after it; e.g. ``kd-t1-end``).
 
     :raises ConfigError: a name that is neither, naming the valid ones.
     """
+    ending = _END_SUFFIX.fullmatch(name)
+    if ending is not None:
+        base = plan_fields(ending.group(1), num_teachers, regression)
+        if base.get("final"):
+            raise ConfigError(f"plan {name!r} ends the run twice; keep one -end suffix")
+        return {**base, "final": True}
     scaled = _LR_SUFFIX.fullmatch(name)
     if scaled is not None:
         scale = float(scaled.group(2))
@@ -162,7 +171,7 @@ def plan_fields(name: str, num_teachers: int, regression: bool = False) -> dict[
         f"{'regression' if regression else 'classification'} task the names are {list(available)}, "
         "or frac-R / frac-R-random / frac-R-stale / frac-R-kd / frac-R-stale-kd for a fraction R in (0, 1], "
         "each with an optional -tK to distil from teacher K alone; any name may end in -lrX to scale the "
-        "learning rate by X"
+        "learning rate by X, and in -end to make it the run's last epoch"
     )
 
 

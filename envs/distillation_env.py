@@ -10,6 +10,10 @@ observation or the reward.
 heuristics run through the very same loop as learned policies (the plan is applied as given;
 ``last_action`` shows its encoding when the codec can express it, else zeros).
 
+A plan with ``final=True`` (a menu name ending in ``-end``) is the run's last: the rest of the
+learning-rate schedule is compressed into its epoch and the episode terminates after it, so a
+controller also chooses how long the run is (and what it costs).
+
 With ``EnvConfig.branch_cache > 0`` the env keeps the run state after each decision, keyed by
 (episode seed, plans so far), and a step whose key is stored is not retrained: the stored stats and
 ctrl evaluation are replayed and the state is restored when the next step needs it
@@ -87,6 +91,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         self._ctrl = self.distiller.evaluate("ctrl")
         self._initial_ctrl = _public(self._ctrl.to_dict())
         self._t = 0
+        self._ended = False
         self._best = self._ctrl.score
         self._change = 0.0
         self._train_loss = 0.0
@@ -99,7 +104,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Train one epoch (or chunk) with the plan of ``action`` (or with an :class:`EpochPlan`)."""
-        if self._t is None or self._t >= self.steps_per_episode:
+        if self._t is None or self._ended:
             raise gym.error.ResetNeeded("call reset() before step(), and again after the episode terminated")
         if isinstance(action, EpochPlan):
             plan = action
@@ -113,7 +118,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         epoch, part = divmod(self._t, self.decisions_per_epoch)
         prev = self._ctrl.score
         key = (self.episode_seed, (*self._plans, plan))
-        last = self._t + 1 >= self.steps_per_episode
+        last = self._t + 1 >= self.steps_per_episode or plan.final  # a final plan ends the run early
         branch = self.branches.get(key) if self.branches is not None else None
         if branch is not None:  # this prefix was trained before with this seed: replay it
             stats, self._ctrl, self._pending = branch.stats, branch.ctrl, branch
@@ -131,7 +136,7 @@ class DistillationEnv(gym.Env[np.ndarray, Any]):
         if branch is None:
             self.compute_trained += step_compute
         self._t += 1
-        terminated = self._t >= self.steps_per_episode
+        terminated = self._ended = last
         reward = step_reward(
             self.config.reward, score=self._ctrl.score, prev_score=prev, step_compute=step_compute,
             episode_compute=self._compute, cost_weight=self.config.cost_weight, last=terminated,

@@ -406,8 +406,8 @@ class Distiller:
         total_steps = len(batches)
         if plan.max_steps is not None:
             batches = batches[: plan.max_steps]
-        span = 1.0 / (self.config.epochs * parts)
-        start = (self.epoch + part / parts) / self.config.epochs
+        start = min(1.0, (self.epoch + part / parts) / self.config.epochs)
+        span = (1.0 - start) if plan.final else 1.0 / (self.config.epochs * parts)  # final: the rest of the schedule
         self.student.train()
         iterator = batches
         if self.config.progress:

@@ -99,6 +99,10 @@ class EpochPlan:
     and linear decay over the run's epochs, is unchanged). An epoch that trains on a fraction r of
     the data takes about r times the optimizer steps; a scale above 1 lets those fewer steps move
     the student further."""
+    final: bool = False
+    """This plan ends the run: the rest of the learning-rate schedule (any warm-up left, then the
+    linear decay to 0) is compressed into this epoch (or chunk), and the episode terminates after it.
+    A controller that picks it chooses the run's length, and so its compute, as well as its plan."""
 
     def __post_init__(self) -> None:
         _check_choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
@@ -135,6 +139,8 @@ class EpochPlan:
             object.__setattr__(self, "teacher_weights", weights)
         if not isinstance(self.lr_scale, (int, float)) or not math.isfinite(self.lr_scale) or self.lr_scale <= 0:
             raise ConfigError(f"EpochPlan.lr_scale={self.lr_scale!r} must be a finite number > 0")
+        if not isinstance(self.final, bool):
+            raise ConfigError(f"EpochPlan.final={self.final!r} must be True or False")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ConfigError(f"EpochPlan.max_steps={self.max_steps!r} must be None or an integer >= 1")
         if self.fraction < 1.0 and self.selection == "kd-loss" and not self.uses_teachers:

@@ -245,6 +245,15 @@ def test_compare_protocol_script(config, tmp_path):
     other = [*again[:-1], str(tmp_path / "other"), "--lr", "0.5"]
     proc = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "backend.lr" in proc.stderr and not (tmp_path / "other").exists()
+    # a longer menu: the earlier candidates are matched by their plans; only the new ones run, and
+    # random (whose actions are menu indices) runs again
+    longer = [*again[:-1], str(tmp_path / "longer"), "--menu", *MENU, "kd-t1-end"]
+    proc = subprocess.run(longer, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report3 = json.loads((tmp_path / "longer" / "protocol.json").read_text())
+    sel, ctl = report3["costs"]["selection"], report3["costs"]["controllers_eval"]
+    assert sel["episodes_reused"] == 4 and sel["episodes"] > 4  # kd-t1-end and kd-t1's shorter runs are new
+    assert ctl["episodes"] - report2["costs"]["controllers_eval"]["episodes"] == 5  # random, on 5 eval seeds
 
 
 def test_protocol_flag_alone_gets_five_eval_seeds():
