@@ -400,13 +400,22 @@ def reusable_records(
         if set(got) != set(seeds):
             continue
         if name in plans:
-            want = [p.to_dict() for p in plans[name]]
-            if any(r.schedule != want for r in got.values()):
+            want = list(plans[name])
+            if any(_plans_of(r) != want for r in got.values()):
                 continue
         elif name not in names:
             continue
         out[name] = [got[s] for s in seeds]
     return out
+
+
+def _plans_of(record: EpisodeRecord) -> list[EpochPlan] | None:
+    """The plans an episode applied, parsed (a field added to ``EpochPlan`` since the record was
+    written takes its default, so older records keep their meaning); None if one no longer parses."""
+    try:
+        return [EpochPlan.from_dict(p) for p in record.schedule]
+    except ConfigError:
+        return None
 
 
 def merge_costs(prior: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

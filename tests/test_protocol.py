@@ -176,6 +176,11 @@ def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
     # a record whose plans differ from its candidate's (another run's "kd-t0") must not stand in for it
     tampered = next(r for r in prior if r.controller == "kd-t0" and r.seed == 1)
     tampered.steps[0].plan = {**tampered.steps[0].plan, "kd_weight": 0.5}
+    # a record written before a field was added to EpochPlan (no "final" key) keeps its meaning
+    for r in prior:
+        if r.controller == "kd-t1>frac-0.3":
+            for step in r.steps:
+                step.plan = {k: v for k, v in step.plan.items() if k != "final"}
     new = ScheduleController([plans["kd-t1"], plans["frac-0.3"]], name="new-schedule")
     second = run_protocol(
         env, cands, {"random": RandomController(env.action_space, seed=0), "new-schedule": new}, [1, 2], [3, 4],
