@@ -112,13 +112,6 @@ def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleCon
     """``A>B>C``: plan names, one per decision (as the search and the protocol label schedules)."""
     names = spec.split(">")
     steps = config.steps_per_episode
-    if len(names) != steps and not (len(names) < steps and names[-1].endswith("-end")):
-        example = ">".join(names[:steps] + names[-1:] * (steps - len(names)))  # cut, or the last repeated
-        raise ConfigError(
-            f"schedule {spec!r} names {len(names)} plan(s) but an episode has {steps} decisions; "
-            f"write one plan name per decision, e.g. {example}, or end a shorter schedule with a "
-            "final plan (a name ending in -end)"
-        )
     plans = []
     for i, name in enumerate(names):
         try:
@@ -126,9 +119,17 @@ def _named_schedule(spec: str, config: EnvConfig, spaces: Spaces) -> ScheduleCon
         except ConfigError as err:
             raise ConfigError(f"schedule {spec!r} step {i}: {err}") from None
     try:
-        return ScheduleController(plans, name=spec)
+        schedule = ScheduleController(plans, name=spec)
     except ConfigError as err:
         raise ConfigError(f"schedule {spec!r}: {err}") from None
+    if not schedule.fits(steps):
+        example = ">".join(names[:steps] + names[-1:] * (steps - len(names)))  # cut, or the last repeated
+        raise ConfigError(
+            f"schedule {spec!r} names {len(names)} plan(s) but an episode has {steps} decisions; "
+            f"write one plan name per decision, e.g. {example}, or end a shorter schedule with a "
+            "final plan (a name ending in -end)"
+        )
+    return schedule
 
 
 def plan_label(plan: Mapping[str, Any], config: EnvConfig, spaces: Spaces) -> str:

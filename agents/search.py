@@ -21,9 +21,9 @@ its last plan's final twin (``kd-t1`` by ``kd-t1-end``), when the menu has it: w
 worth if the run stops there, with the learning rate annealed (an unfinished prefix still has a
 high learning rate, which a greedy ranking would hold against it). With ``beam = 1`` this
 is greedy: H rounds of ``len(menu)`` one-epoch trials per seed, i.e. ``H x len(menu) x seeds``
-decisions, every prefix replayed. With a compute budget (``max_compute``) only prefixes that can still end within
-it are kept, so the search returns the best schedule it finds under the budget. The result is an
-open-loop :class:`agents.baselines.ScheduleController` (the same plan at step t on every seed),
+decisions, every prefix replayed. With a compute budget (``max_compute``) only prefixes that can
+still end within it are kept, so the search returns the best schedule it finds under the budget.
+The result is an open-loop :class:`agents.baselines.ScheduleController` (the same plan at step t on every seed),
 saved as a schedule file that ``compare.py`` and ``replay_schedule.py`` read.
 
 Dev is never evaluated: the search env has ``report_dev=False`` and the distiller's dev evaluation
@@ -183,7 +183,7 @@ def tree_search(
     share = {n: p.fraction if p.scope == "epoch" else 1.0 for n, p in menu.items()}
     cheapest_step = cheapest_full = float("inf")
     names = list(menu)
-    order = {n: i for i, n in enumerate(names)}
+    rank = _rank({n: i for i, n in enumerate(names)})
     cost = PhaseCost()
     hits0, trained0, cpu0, wall0 = env.branches.hits, env.compute_trained, time.process_time(), time.perf_counter()
     beams: list[tuple[str, ...]] = [()]
@@ -223,7 +223,7 @@ def tree_search(
                 if n.names in value and ending in value:
                     value[n.names] = max(value[n.names], value[ending])
             ranked = sorted((n for n in scored if n.feasible and n.names not in ended),
-                            key=lambda n: (-value[n.names], *_rank(order)(n)))
+                            key=lambda n: (-value[n.names], *rank(n)))
             done = [n for n in scored if n.feasible and n.names in ended]
             if not ranked and not done and not complete:
                 low = min(n.compute + (0 if n.names in ended else left) * floor for n in scored)
@@ -242,7 +242,7 @@ def tree_search(
     cost.epochs_trained = env.compute_trained - trained0
     cost.cpu_seconds = time.process_time() - cpu0
     cost.wall_seconds = time.perf_counter() - wall0
-    best = min(complete, key=_rank(order)).names
+    best = min(complete, key=rank).names
     return SearchResult(
         names=best, plans=tuple(menu[n] for n in best), nodes=tuple(nodes), seeds=seeds, beam=beam,
         cost_weight=weight, max_compute=None if max_compute is None else float(max_compute),
