@@ -52,6 +52,7 @@ from kd_backend.errors import ConfigError, DynaKDError
 logger = logging.getLogger(__name__)
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
+START_WARN_S = 60.0  # while actors wait for resources, RayVecEnv warns this often (seconds)
 
 
 class RayEnvError(DynaKDError):
@@ -223,6 +224,9 @@ class RayVecEnv(VecEnv):
         before starting actors there (:func:`warm_up`), so a node fine-tunes its teachers once.
     :param restart_log: a JSONL file to append one line per restart to (None = logging only).
     :param actor_options: more ``ray.remote`` options of the actors (``resources``, ``runtime_env``, ...).
+    :param start_timeout_s: give up, with :class:`RayEnvError`, if the actors are not all placed and
+        built within this many seconds; ``None`` waits as long as it takes (an autoscaler may be adding
+        nodes), warning every minute with what the cluster has free.
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class RayVecEnv(VecEnv):
         warm_up_nodes: bool = True,
         restart_log: str | Path | None = None,
         actor_options: dict[str, Any] | None = None,
+        start_timeout_s: float | None = None,
     ) -> None:
         if not env_fns:
             raise ConfigError("RayVecEnv needs at least one env factory (env_fns is empty)")
@@ -270,9 +275,39 @@ class RayVecEnv(VecEnv):
         self._pending: list[Any] = []
         self._actions: Any = None
         self.closed = False
-        obs_space, act_space, metadata, _ = self._ray.get(self.actors[0].spaces.remote())
+        self.start_timeout_s = start_timeout_s
+        obs_space, act_space, metadata, _ = self._ray.get(self._started())
         super().__init__(n, obs_space, act_space)
         self.metadata = metadata
+
+    def _started(self) -> Any:
+        """Wait until every actor has been placed and built its env; return actor 0's ``spaces`` call.
+
+        Ray queues an actor it cannot place, silently and without limit. While any is pending, this
+        warns every :data:`START_WARN_S` seconds with what the cluster has free, so a job waiting on a
+        busy cluster says so instead of hanging without a word.
+        """
+        refs = [actor.spaces.remote() for actor in self.actors]
+        start, limit = time.perf_counter(), self.start_timeout_s
+        while True:
+            step = START_WARN_S if limit is None else max(0.0, min(START_WARN_S, start + limit - time.perf_counter()))
+            _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=step)
+            if not pending:
+                return refs[0]
+            waited = time.perf_counter() - start
+            free, total = self._ray.available_resources(), self._ray.cluster_resources()
+            why = (f"{len(pending)} of {len(refs)} Ray envs not started after {waited:.0f} s (each needs "
+                   f"{self._options_ray['num_cpus']:g} CPU, {self._options_ray['num_gpus']:g} GPU; the cluster has "
+                   f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} of "
+                   f"{total.get('GPU', 0):g} GPU free)")
+            if limit is not None and waited >= limit:
+                for actor in self.actors:  # pending or idle: nothing to close gracefully
+                    self._ray.kill(actor, no_restart=True)
+                self.closed = True
+                raise RayEnvError(f"{why}: another job holds the resources, or the cluster is too small. Free "
+                                  "them, lower --n-envs or the resources per env, or wait longer")
+            logger.warning("%s: another job may hold them, or an autoscaler is adding nodes; lower --n-envs or "
+                           "the resources per env if this does not end", why)
 
     def _new_actor(self, env_fn: Callable[[], gym.Env]) -> Any:
         return self._remote.options(**self._options_ray).remote(env_fn)

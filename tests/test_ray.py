@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -83,6 +84,75 @@ def _same(a, b):
     else:
         assert a == b or (isinstance(a, float) and np.isnan(a) and np.isnan(b))
 
+
+def _cluster_state() -> str:
+    """What the test's Ray holds (free and total resources), and the warnings and errors its raylet
+    logged last: enough to tell a resource wait from a worker that never started."""
+    state = f"free {ray.available_resources()} of {ray.cluster_resources()}"
+    try:
+        logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+        lines = [x for f in sorted(logs.glob("raylet*.out")) for x in f.read_text(errors="replace").splitlines()
+                 if " W " in x[:40] or " E " in x[:40] or "WARN" in x or "ERROR" in x]
+        state += "; raylet warnings and errors, last 20:\n" + "\n".join(lines[-20:])
+    except Exception as e:  # noqa: BLE001 - diagnostics only: say why they are missing
+        state += f"; no raylet log ({type(e).__name__}: {e})"
+    return state
+
+
+def _run_joined(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a script that joins this module's Ray as a client, once the cluster's CPUs are all free
+    (an earlier test's actors may take a moment to go), and fail with the cluster's state if the
+    script does not finish in time, instead of a bare timeout."""
+    deadline = time.time() + 120
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        assert time.time() < deadline, f"the test's Ray is still busy after 120 s: {_cluster_state()}"
+        time.sleep(0.5)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"{cmd[1]} did not finish in 420 s; {_cluster_state()}; its stderr ends: {err[-3000:]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+# The two tests that join the cluster from another process come first, while the cluster is fresh.
+def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_path):
+    """``learn_policy.py --vec-env ray --n-envs 2 --ray-address ...`` end to end, then ``--resume`` to
+    more episodes: every episode once, seeds = episode numbers, the policy saw them all."""
+    cfg = LearnConfig(env=config, name="ray2", runs_dir=str(tmp_path), total_episodes=2, rollout_episodes=2,
+                      checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",), vec_env="ray", n_envs=2)
+    path = tmp_path / "learn.yaml"
+    save_config(path, cfg)
+    address = ray.get_runtime_context().gcs_address
+    script = [sys.executable, str(REPO / "experiments" / "learn_policy.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["--config", path, "--ray-address", address],
+                 ["--resume", tmp_path / "ray2", "--total-episodes", "4", "--ray-address", address]):
+        _run_joined([*script, *map(str, args)], cwd=REPO, env=env)
+    run = tmp_path / "ray2"
+    lines = read_episodes(run / "episodes.jsonl")
+    assert sorted((x["episode"], x["step"]) for x in lines) == [(e, s) for e in range(4) for s in range(1, STEPS + 1)]
+    assert {x["episode"]: x["seed"] for x in lines} == {e: e for e in range(4)}
+    assert {x["env"] for x in lines} == {0, 1}
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["episodes"] == 4
+    assert (run / "policy.zip").is_file() and (run / "comparison.csv").is_file()
+    assert not (run / RESTARTS_FILE).exists()  # nothing died
+
+def test_ray_throughput_benchmark_quick(local_ray, tmp_path):
+    address = ray.get_runtime_context().gcs_address  # the benchmark joins this test's Ray as a client
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cache = tmp_path / "cache"
+    proc = _run_joined(
+        [sys.executable, str(REPO / "experiments" / "benchmarks" / "ray_throughput.py"), "--quick", "--out",
+         str(tmp_path), "--ray-address", address, "--env.backend.cache-dir", str(cache)],
+        cwd=REPO / "experiments" / "benchmarks", env=env)
+    data = json.loads((tmp_path / "ray_throughput.json").read_text())
+    assert [r["setting"] for r in data["rows"]] == ["SubprocVecEnv, 1 env", "SubprocVecEnv, 2 envs",
+                                                   "RayVecEnv, 1 env", "RayVecEnv, 2 envs"]
+    assert all(r["episodes/hour"] > 0 and r["vs SubprocVecEnv"] > 0 for r in data["rows"])
+    assert [r["setting"] for r in data["overhead"]] == ["local step (DummyVecEnv)", "Ray actor step"]
+    assert "per-step overhead of Ray" in proc.stdout
 
 def test_ray_vec_env_matches_dummy_vec_env(config, local_ray):
     factories = [EnvFactory(config, first_seed=7 + k, stride=2) for k in range(2)]
@@ -175,56 +245,26 @@ def test_pbt_population_of_two_completes_and_its_schedule_replays(config, local_
     assert record.total_compute == pytest.approx(saved["total_compute"], rel=1e-9)
 
 
-def test_ray_throughput_benchmark_quick(local_ray, tmp_path):
-    import subprocess
-
-    address = ray.get_runtime_context().gcs_address  # the benchmark joins this test's Ray as a client
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cache = tmp_path / "cache"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "benchmarks" / "ray_throughput.py"), "--quick", "--out",
-         str(tmp_path), "--ray-address", address, "--env.backend.cache-dir", str(cache)],
-        cwd=REPO / "experiments" / "benchmarks", env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    data = json.loads((tmp_path / "ray_throughput.json").read_text())
-    assert [r["setting"] for r in data["rows"]] == ["SubprocVecEnv, 1 env", "SubprocVecEnv, 2 envs",
-                                                   "RayVecEnv, 1 env", "RayVecEnv, 2 envs"]
-    assert all(r["episodes/hour"] > 0 and r["vs SubprocVecEnv"] > 0 for r in data["rows"])
-    assert [r["setting"] for r in data["overhead"]] == ["local step (DummyVecEnv)", "Ray actor step"]
-    assert "per-step overhead of Ray" in proc.stdout
-
-
-def test_learn_policy_on_ray_with_two_envs_and_resume(config, local_ray, tmp_path):
-    """``learn_policy.py --vec-env ray --n-envs 2 --ray-address ...`` end to end, then ``--resume`` to
-    more episodes: every episode once, seeds = episode numbers, the policy saw them all."""
-    import subprocess
-
-    cfg = LearnConfig(env=config, name="ray2", runs_dir=str(tmp_path), total_episodes=2, rollout_episodes=2,
-                      checkpoint_every=2, eval_seeds=(100,), baselines=("kd-t0",), vec_env="ray", n_envs=2)
-    path = tmp_path / "learn.yaml"
-    save_config(path, cfg)
-    address = ray.get_runtime_context().gcs_address
-    script = [sys.executable, str(REPO / "experiments" / "learn_policy.py")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for args in (["--config", path, "--ray-address", address],
-                 ["--resume", tmp_path / "ray2", "--total-episodes", "4", "--ray-address", address]):
-        proc = subprocess.run([*script, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    run = tmp_path / "ray2"
-    lines = read_episodes(run / "episodes.jsonl")
-    assert sorted((x["episode"], x["step"]) for x in lines) == [(e, s) for e in range(4) for s in range(1, STEPS + 1)]
-    assert {x["episode"]: x["seed"] for x in lines} == {e: e for e in range(4)}
-    assert {x["env"] for x in lines} == {0, 1}
-    assert json.loads((run / "checkpoints" / "latest.json").read_text())["episodes"] == 4
-    assert (run / "policy.zip").is_file() and (run / "comparison.csv").is_file()
-    assert not (run / RESTARTS_FILE).exists()  # nothing died
-
-
 def test_warm_up_builds_one_env_per_node(config, local_ray):
     from agents.ray_vec_env import warm_up
 
     here = ray.get_runtime_context().get_node_id()
     assert warm_up(EnvFactory(config)) == [here]  # the one node of a local Ray
     assert warm_up(EnvFactory(config), skip_nodes=[here]) == []
+
+
+def test_envs_the_cluster_cannot_place_warn_then_fail_with_the_cause(config, local_ray, monkeypatch, caplog):
+    """Ray queues an actor it cannot place without a word; RayVecEnv says what it waits for, and with
+    ``start_timeout_s`` gives up naming the cause, and leaves nothing behind."""
+    import agents.ray_vec_env as rve
+
+    monkeypatch.setattr(rve, "START_WARN_S", 0.5)
+    with caplog.at_level("WARNING", logger="agents.ray_vec_env"), pytest.raises(rve.RayEnvError) as err:
+        RayVecEnv([EnvFactory(config)], num_cpus=3, start_timeout_s=2)  # the test's Ray has 2 CPUs
+    assert "1 of 1 Ray envs not started" in str(err.value) and "3 CPU" in str(err.value)
+    assert "--n-envs" in str(err.value)
+    assert any("not started" in r.getMessage() and "of 2 CPU" in r.getMessage() for r in caplog.records)
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.time() < deadline, _cluster_state()
+        time.sleep(0.2)
