@@ -140,10 +140,12 @@ class BackendConfig(DistillerConfig):
     teachers' targets on them, CE never sees them, and plans without a teacher skip them. The
     synthetic task generates them; other tasks sample them from the training rows left unused by
     ``train_limit`` (their labels dropped)."""
-    ctrl_rule: str = "dev-length"
-    """How ``ctrl`` is drawn from train: ``dev-length`` (with dev's length distribution, so that ctrl
-    scores behave like dev; SST-2's train file is mostly short phrases, dev whole sentences) or
-    ``random`` (uniform)."""
+    ctrl_rule: str = "unseen"
+    """How ``ctrl`` is drawn from train: ``unseen`` (with dev's length distribution, and every
+    training row that shares text with a ctrl row dropped from train, so that ctrl scores behave
+    like dev: SST-2's train file is mostly short phrases, dev whole sentences, and it labels every
+    phrase of its sentences), ``dev-length`` (the same draw, without the drop) or ``random``
+    (uniform)."""
     synthetic_train: int = 6000
     """Training instances of the synthetic task (before the ctrl hold-out)."""
     synthetic_dev: int = 1000

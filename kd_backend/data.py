@@ -521,7 +521,7 @@ def check_task_data(data: TaskData, source: str, custom: bool = True) -> list[st
     return warnings
 
 
-CTRL_RULES = ("dev-length", "random")
+CTRL_RULES = ("unseen", "dev-length", "random")
 """How the ``ctrl`` split is drawn from the training data (see :func:`select_ctrl`)."""
 CTRL_LENGTH_BINS = 10
 
@@ -534,11 +534,51 @@ def text_lengths(split: TextSplit) -> np.ndarray:
     return lengths
 
 
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def overlaps_ctrl(train: TextSplit, ctrl: TextSplit) -> np.ndarray:
+    """Which training rows share their text with a ``ctrl`` row, shape ``(N,)`` bool.
+
+    A single-sentence row overlaps if its words (lower-cased, whitespace-split) are a contiguous
+    span of a ctrl row's (a sub-phrase or a copy) or contain a ctrl row's as a span (the sentence it
+    was cut from). SST-2's train file holds every phrase of its sentences with a label: without this,
+    a student learns a quarter of ctrl's phrases verbatim and ctrl reads ~4 points above dev. A
+    sentence pair overlaps only if both texts equal a ctrl pair's.
+
+    :param train: the rows to test.
+    :param ctrl: the held-out rows.
+    """
+    if train.is_pair:
+        seen = {(" ".join(_words(a)), " ".join(_words(b))) for a, b in zip(ctrl.text_a, ctrl.text_b)}
+        return np.array([(" ".join(_words(a)), " ".join(_words(b))) in seen
+                         for a, b in zip(train.text_a, train.text_b)], dtype=bool)
+    ctrl_words = [_words(t) for t in ctrl.text_a]
+    spans = {" ".join(w[i:j]) for w in ctrl_words for i in range(len(w)) for j in range(i + 1, len(w) + 1)}
+    whole = {" ".join(w) for w in ctrl_words}
+    lengths = sorted({len(w) for w in ctrl_words if w})
+    out = np.zeros(len(train), dtype=bool)
+    for k, text in enumerate(train.text_a):
+        w = _words(text)
+        if " ".join(w) in spans:
+            out[k] = True
+            continue
+        for n in lengths:  # does the row contain a whole ctrl row?
+            if n >= len(w):
+                break
+            if any(" ".join(w[i:i + n]) in whole for i in range(len(w) - n + 1)):
+                out[k] = True
+                break
+    return out
+
+
 def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of the ``size`` training rows that become the ``ctrl`` split.
 
     ``ctrl`` is what a controller optimises, so it must behave like the evaluation data. ``random``
-    draws uniformly; ``dev-length`` (the default) draws without replacement with probabilities that
+    draws uniformly; ``dev-length`` and ``unseen`` (the default; :func:`load_task` then also drops
+    every training row that :func:`overlaps_ctrl`) draw without replacement with probabilities that
     give ``ctrl`` dev's distribution of lengths (words per instance, in up to
     :data:`CTRL_LENGTH_BINS` quantile bins of dev): each row weighs ``P_dev(bin) / P_train(bin)``.
     Where train and dev come from one distribution (the synthetic task, a dev carved from a file)
@@ -555,7 +595,7 @@ def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.
     n = len(train)
     if rule == "random" or len(dev) == 0:
         return np.sort(rng.permutation(n)[:size])
-    if rule != "dev-length":
+    if rule not in ("dev-length", "unseen"):
         raise ConfigError(f"ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
     train_len, dev_len = text_lengths(train), text_lengths(dev)
     edges = np.unique(np.quantile(dev_len, np.linspace(0, 1, CTRL_LENGTH_BINS + 1)[1:-1]))
@@ -600,7 +640,7 @@ def load_task(
     dev_file: str | Path | None = None,
     text_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
-    ctrl_rule: str = "dev-length",
+    ctrl_rule: str = "unseen",
     transfer: int = 0,
 ) -> TaskData:
     """Load a task's train, ctrl and dev splits, deterministically for a seed.
@@ -628,8 +668,10 @@ def load_task(
         trains on them with the teachers' targets, CE never sees them. The synthetic task generates
         them (an independent stream); other tasks take a seeded sample of the training rows left
         unused by ``train_limit`` and drop their labels.
-    :param ctrl_rule: how ``ctrl`` is drawn from train (see :func:`select_ctrl`): ``dev-length``
-        (default: the same length distribution as dev) or ``random``.
+    :param ctrl_rule: how ``ctrl`` is drawn from train (see :func:`select_ctrl`): ``unseen``
+        (default: the same length distribution as dev, and every training row that shares text with
+        a ctrl row dropped, :func:`overlaps_ctrl`), ``dev-length`` (the draw without the drop) or
+        ``random``.
     :raises UnknownTaskError: for an unknown task name.
     :raises DataError: for a missing folder, file or column, or a label that cannot be parsed.
     :raises ConfigError: for invalid options or options that do not fit the task.
@@ -681,6 +723,13 @@ def load_task(
     rest = np.setdiff1d(np.arange(n), chosen)
     ctrl = train.select(chosen)
     train = train.select(rest)
+    if ctrl_rule == "unseen":
+        overlap = overlaps_ctrl(train, ctrl)
+        if overlap.all():
+            raise DataError(f"every training row of {spec.name} overlaps the ctrl split; use ctrl_rule='dev-length'")
+        if overlap.any():
+            logger.info("dropped %d training rows that overlap ctrl (ctrl_rule='unseen')", int(overlap.sum()))
+            train = train.select(np.flatnonzero(~overlap))
     unused = None
     if train_limit is not None and train_limit < len(train):
         keep = np.sort(np.random.default_rng([seed, 1]).choice(len(train), size=train_limit, replace=False))

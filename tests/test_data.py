@@ -382,3 +382,39 @@ def test_ctrl_follows_dev_lengths_on_sst2_and_random_restores_the_uniform_hold_o
     assert len(np.unique(chosen)) == 500 and (np.diff(chosen) > 0).all()
     with pytest.raises(ConfigError, match="ctrl_rule"):
         load_task("synthetic", ctrl_rule="longest")
+
+
+def test_overlaps_ctrl_flags_sub_phrases_copies_and_containing_rows():
+    """Hand-built rows: a sub-phrase of a ctrl sentence, a copy (case and spacing differ), the
+    longer sentence a ctrl row was cut from, and rows that only share words or a non-contiguous run."""
+    from kd_backend.data import overlaps_ctrl
+
+    ctrl = TextSplit(("a gripping , funny film", "dull"), None, np.array([1, 0]))
+    train = TextSplit((
+        "gripping , funny",            # a span of ctrl row 0
+        "A  Gripping , funny film",    # the same text
+        "it is a gripping , funny film indeed",  # contains ctrl row 0
+        "so dull",                     # contains ctrl row 1 (a one-word ctrl row)
+        "a funny film",                # the words, but not contiguous in ctrl
+        "gripping tale",               # shares one word
+        "dullness",                    # a word that merely starts with a ctrl row
+    ), None, np.array([1, 1, 1, 0, 1, 1, 0]))
+    assert overlaps_ctrl(train, ctrl).tolist() == [True, True, True, True, False, False, False]
+    pairs_ctrl = TextSplit(("a b",), ("c d",), np.array([1]))
+    pairs = TextSplit(("A b", "a b", "a"), ("c  d", "c", "c d"), np.array([1, 1, 0]))
+    assert overlaps_ctrl(pairs, pairs_ctrl).tolist() == [True, False, False]  # pairs: whole copies only
+
+
+@needs_glue
+def test_unseen_ctrl_shares_no_text_with_sst2_train():
+    """SST-2's train file labels every phrase of its sentences: the default rule drops from train
+    whatever shares text with ctrl, which the plain dev-length draw leaves in (a fifth of train)."""
+    from kd_backend.data import overlaps_ctrl
+
+    glue = str(GLUE_DIR)
+    leaky = load_task("glue/sst2", glue, ctrl_max=300, train_limit=3000, ctrl_rule="dev-length")
+    unseen = load_task("glue/sst2", glue, ctrl_max=300, train_limit=3000)  # the default rule
+    assert unseen.ctrl == leaky.ctrl  # the same draw
+    assert len(unseen.train) == len(leaky.train) == 3000
+    assert overlaps_ctrl(leaky.train, leaky.ctrl).mean() > 0.02
+    assert not overlaps_ctrl(unseen.train, unseen.ctrl).any()
