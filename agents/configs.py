@@ -330,6 +330,10 @@ class CompareConfig:
     oracle: bool = True
     """``--protocol``: also run every candidate on the evaluation seeds and report the dev-best
     (an upper bound, not a fair reference); ``--no-oracle`` runs only the reference and best static."""
+    heuristics: bool = True
+    """``--protocol``: also evaluate the paper's heuristics and ``random`` on the evaluation seeds;
+    ``--no-heuristics`` evaluates only the reference, the best static plan, the oracle (if asked)
+    and ``--controllers``: e.g. to pair a schedule with the reference over more seeds cheaply."""
     protocol_branch_cache: int = 64
     """``--protocol``: epoch states kept so schedules sharing a prefix train it once (0 = off)."""
     reuse: str | None = None

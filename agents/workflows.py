@@ -233,7 +233,7 @@ def replay(cfg: ReplayConfig) -> dict:
 
 
 def _protocol(cfg: CompareConfig, spaces: Spaces, out: Path, env: DistillationEnv, prior: tuple) -> list[dict]:
-    names = dict.fromkeys((*PROTOCOL_CONTROLLERS, *cfg.controllers))
+    names = dict.fromkeys((*(PROTOCOL_CONTROLLERS if cfg.heuristics else ()), *cfg.controllers))
     plans = menu_plans(env)
     controllers = build_controllers(list(names), cfg.env, spaces)
     candidates = candidate_schedules(plans, env.steps_per_episode, env.decisions_per_epoch, cfg.first_plans,

@@ -259,6 +259,19 @@ def test_compare_protocol_script(config, tmp_path):
     sel, ctl = report3["costs"]["selection"], report3["costs"]["controllers_eval"]
     assert sel["episodes_reused"] == 4 and sel["episodes"] > 4  # kd-t1-end and kd-t1's shorter runs are new
     assert ctl["episodes"] - report2["costs"]["controllers_eval"]["episodes"] == 5  # random, on 5 eval seeds
+    # --no-heuristics over more seeds: only the reference, the best static plan and --controllers
+    # (kd-t0 and random here; no paper heuristic),
+    # paired on all seven seeds, the first five read from the earlier run
+    more = [*again[:-1], str(tmp_path / "more"), "--no-heuristics", "--no-oracle"]
+    more[more.index("--seeds") + 1 : more.index("--seeds") + 6] = ["3", "4", "5", "6", "7", "8", "9"]
+    proc = subprocess.run(more, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with (tmp_path / "more" / "protocol.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["controller"] for r in rows} == {report["reference"], report["best_static"], "kd-t0", "random"}
+    assert all(r["episodes"] == "7" for r in rows)
+    report4 = json.loads((tmp_path / "more" / "protocol.json").read_text())
+    assert report4["costs"]["selection"]["episodes_reused"] == 4
 
 
 def test_protocol_flag_alone_gets_five_eval_seeds():
