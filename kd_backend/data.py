@@ -725,9 +725,10 @@ def load_task(
     train = train.select(rest)
     if ctrl_rule == "unseen":
         overlap = overlaps_ctrl(train, ctrl)
-        if overlap.all():
-            raise DataError(f"every training row of {spec.name} overlaps the ctrl split; use ctrl_rule='dev-length'")
-        if overlap.any():
+        if overlap.all():  # degenerate texts (a label column read as text?): the checks below say what is wrong
+            logger.warning("every training row of %s shares its text with a ctrl row; none is dropped (are the "
+                           "text and label columns swapped?)", spec.name)
+        elif overlap.any():
             logger.info("dropped %d training rows that overlap ctrl (ctrl_rule='unseen')", int(overlap.sum()))
             train = train.select(np.flatnonzero(~overlap))
     unused = None

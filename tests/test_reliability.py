@@ -398,10 +398,17 @@ def test_custom_file_columns_and_dev_file_are_config_fields():
     for flag in ("--label-column", "--text-columns", "--dev-file", "--task"):  # every flag a message names exists
         assert flag in help_text
     assert "--train-file" not in str(err.value)
-    cfg = BackendConfig(task=str(TREC / "train.tsv"), label_column="coarse", text_columns=("text",))
+    cfg = BackendConfig(task=str(TREC / "train.tsv"), label_column="coarse", text_columns=("text",),
+                        ctrl_rule="dev-length")  # no row dropped: every one is accounted for
     data = load_task_data(cfg)
     assert data.spec.num_labels == 6 and data.spec.label_column == "coarse" and not data.train.is_pair
     assert len(data.train) + len(data.ctrl) + len(data.dev) == 5452 and len(data.dev) == 545  # seeded 10% as dev
+    # the default rule drops exactly the training questions that share text with a ctrl question
+    from kd_backend.data import overlaps_ctrl
+
+    unseen = load_task_data(dataclasses.replace(cfg, ctrl_rule="unseen"))
+    dropped = int(overlaps_ctrl(data.train, data.ctrl).sum())
+    assert unseen.ctrl == data.ctrl and 0 < dropped < 20 and len(unseen.train) == len(data.train) - dropped
     again = load_task_data(cfg)
     assert again.dev.fingerprint == data.dev.fingerprint  # the same seed: the same dev split
     assert load_task_data(dataclasses.replace(cfg, data_seed=1)).dev.fingerprint != data.dev.fingerprint
