@@ -275,20 +275,20 @@ class RayVecEnv(VecEnv):
         self._pending: list[Any] = []
         self._actions: Any = None
         self.closed = False
-        self.start_timeout_s = start_timeout_s
-        obs_space, act_space, metadata, _ = self._ray.get(self._started())
+        obs_space, act_space, metadata, _ = self._ray.get(self._started(start_timeout_s))
         super().__init__(n, obs_space, act_space)
         self.metadata = metadata
 
-    def _started(self) -> Any:
+    def _started(self, limit: float | None) -> Any:
         """Wait until every actor has been placed and built its env; return actor 0's ``spaces`` call.
 
         Ray queues an actor it cannot place, silently and without limit. While any is pending, this
         warns every :data:`START_WARN_S` seconds with what the cluster has free, so a job waiting on a
-        busy cluster says so instead of hanging without a word.
+        busy cluster says so instead of hanging without a word; after ``limit`` seconds (None: never)
+        it gives up with :class:`RayEnvError`.
         """
         refs = [actor.spaces.remote() for actor in self.actors]
-        start, limit = time.perf_counter(), self.start_timeout_s
+        start = time.perf_counter()
         while True:
             step = START_WARN_S if limit is None else max(0.0, min(START_WARN_S, start + limit - time.perf_counter()))
             _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=step)

@@ -538,6 +538,10 @@ def _words(text: str) -> list[str]:
     return text.lower().split()
 
 
+def _norm(text: str) -> str:
+    return " ".join(_words(text))
+
+
 def overlaps_ctrl(train: TextSplit, ctrl: TextSplit) -> np.ndarray:
     """Which training rows share their text with a ``ctrl`` row, shape ``(N,)`` bool.
 
@@ -551,9 +555,8 @@ def overlaps_ctrl(train: TextSplit, ctrl: TextSplit) -> np.ndarray:
     :param ctrl: the held-out rows.
     """
     if train.is_pair:
-        seen = {(" ".join(_words(a)), " ".join(_words(b))) for a, b in zip(ctrl.text_a, ctrl.text_b)}
-        return np.array([(" ".join(_words(a)), " ".join(_words(b))) in seen
-                         for a, b in zip(train.text_a, train.text_b)], dtype=bool)
+        seen = {(_norm(a), _norm(b)) for a, b in zip(ctrl.text_a, ctrl.text_b)}
+        return np.array([(_norm(a), _norm(b)) in seen for a, b in zip(train.text_a, train.text_b)], dtype=bool)
     ctrl_words = [_words(t) for t in ctrl.text_a]
     spans = {" ".join(w[i:j]) for w in ctrl_words for i in range(len(w)) for j in range(i + 1, len(w) + 1)}
     whole = {" ".join(w) for w in ctrl_words}
@@ -595,7 +598,7 @@ def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.
     n = len(train)
     if rule == "random" or len(dev) == 0:
         return np.sort(rng.permutation(n)[:size])
-    if rule not in ("dev-length", "unseen"):
+    if rule not in CTRL_RULES:
         raise ConfigError(f"ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
     train_len, dev_len = text_lengths(train), text_lengths(dev)
     edges = np.unique(np.quantile(dev_len, np.linspace(0, 1, CTRL_LENGTH_BINS + 1)[1:-1]))
