@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from kd_backend.data import CTRL_RULES, CtrlRule
 from kd_backend.errors import ConfigError
 from kd_backend.models import PRESETS
 from kd_backend.pretrained import PRETRAINED
@@ -140,7 +141,7 @@ class BackendConfig(DistillerConfig):
     teachers' targets on them, CE never sees them, and plans without a teacher skip them. The
     synthetic task generates them; other tasks sample them from the training rows left unused by
     ``train_limit`` (their labels dropped)."""
-    ctrl_rule: str = "unseen"
+    ctrl_rule: CtrlRule = "unseen"
     """How ``ctrl`` is drawn from train: ``unseen`` (with dev's length distribution, and every
     training row that shares text with a ctrl row dropped from train, so that ctrl scores behave
     like dev: SST-2's train file is mostly short phrases, dev whole sentences, and it labels every
@@ -213,6 +214,8 @@ class BackendConfig(DistillerConfig):
         check_int(owner, "teacher_epochs", self.teacher_epochs, minimum=1, allow_none=True)
         check_float(owner, "teacher_lr", self.teacher_lr, 0.0, low_open=True, allow_none=True)
         check_int(owner, "transfer", self.transfer, minimum=0)
+        if self.ctrl_rule not in CTRL_RULES:
+            raise ConfigError(f"{owner}.ctrl_rule={self.ctrl_rule!r} must be one of {list(CTRL_RULES)}")
 
     def distiller_config(self) -> DistillerConfig:
         """The optimisation part of this config, as a plain :class:`DistillerConfig`."""

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -521,8 +521,10 @@ def check_task_data(data: TaskData, source: str, custom: bool = True) -> list[st
     return warnings
 
 
-CTRL_RULES = ("unseen", "dev-length", "random")
+CtrlRule = Literal["unseen", "dev-length", "random"]
 """How the ``ctrl`` split is drawn from the training data (see :func:`select_ctrl`)."""
+CTRL_RULES: tuple[str, ...] = get_args(CtrlRule)
+"""The :data:`CtrlRule` values, for checks and messages."""
 CTRL_LENGTH_BINS = 10
 
 

@@ -28,6 +28,21 @@ def test_backend_config_validates_inherited_fields():
         BackendConfig(lr=-1.0)
     with pytest.raises(ConfigError, match="student_init"):
         BackendConfig(student_init="middle")
+    with pytest.raises(ConfigError, match=r"ctrl_rule='dev_length' must be one of \['unseen', 'dev-length', 'random'\]"):
+        BackendConfig(ctrl_rule="dev_length")  # caught at config time, not when the data loads
+
+
+def test_ctrl_rule_help_lists_its_choices(capsys, monkeypatch):
+    import tyro
+
+    from agents.configs import CompareConfig
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        tyro.cli(CompareConfig, args=["--help"])
+    assert "--ctrl-rule {unseen,dev-length,random}" in capsys.readouterr().out
+
+
 
 
 def test_config_dict_is_yaml_safe_and_round_trips():
