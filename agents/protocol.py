@@ -319,6 +319,9 @@ class PhaseCost:
     wall_seconds: float = 0.0
     episodes_reused: int = 0
     """Episodes taken from an earlier run (``prior``) instead of being run; they cost nothing here."""
+    compute_reused: float = 0.0
+    """The reused episodes' compute (their records' ``total_compute``, plain epochs): what
+    :func:`merge_costs` charges of the earlier run's cost."""
 
     @property
     def fraction_replayed(self) -> float:
@@ -330,6 +333,7 @@ class PhaseCost:
             "epochs_trained": self.epochs_trained,
             "fraction_replayed": self.fraction_replayed, "cpu_seconds": self.cpu_seconds,
             "wall_seconds": self.wall_seconds, "episodes_reused": self.episodes_reused,
+            "compute_reused": self.compute_reused,
         }
 
 
@@ -371,6 +375,7 @@ def _run(
             progress.update(1)
     cost.episodes += len(pairs)
     cost.episodes_reused += len(reused)
+    cost.compute_reused += sum(r.total_compute for r in reused)
     cost.decisions += len(pairs) * env.steps_per_episode
     cost.decisions_replayed += (env.branches.hits if env.branches is not None else 0) - hits0
     cost.epochs_trained += env.compute_trained - trained0
@@ -420,12 +425,32 @@ def _plans_of(record: EpisodeRecord) -> list[EpochPlan] | None:
 
 def merge_costs(prior: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Phase costs of an earlier run (``protocol.json``'s ``costs``) plus this run's: what the episodes
-    behind a report reusing that run's records cost in all (:func:`run_protocol`'s ``prior``)."""
+    behind a report reusing that run's records cost in all (:func:`run_protocol`'s ``prior``).
+
+    Of each earlier phase, only the share this run reused is charged: the reused episodes' compute
+    over the compute that phase trained (at most all of it). So episodes the new report does not
+    show (a policy file run again, heuristics left out with ``--no-heuristics``) are not counted, and
+    a reused run's cost is not counted twice. The share is by compute, so it is an estimate where
+    episodes of equal compute took unequal time.
+    """
     out = {}
     for phase, cost in new.items():
         before = prior.get(phase, {})
-        merged = {k: v + before.get(k, 0) if k not in ("fraction_replayed", "episodes_reused") else v
-                  for k, v in cost.items()}
+        trained, reused = before.get("epochs_trained", 0.0), cost.get("compute_reused", 0.0)
+        if trained > 0:
+            share = min(1.0, reused / trained)
+        else:  # the earlier phase trained nothing (all its decisions replayed or reused): count by episodes
+            share = min(1.0, cost.get("episodes_reused", 0) / before["episodes"]) if before.get("episodes") else 0.0
+        merged = {}
+        for k, v in cost.items():
+            if k in ("fraction_replayed", "episodes_reused", "compute_reused"):
+                merged[k] = v
+            elif k == "episodes":
+                merged[k] = v + cost.get("episodes_reused", 0)
+            elif k in ("decisions", "decisions_replayed"):
+                merged[k] = v + round(share * before.get(k, 0))
+            else:
+                merged[k] = v + share * before.get(k, 0)
         merged["fraction_replayed"] = merged["decisions_replayed"] / merged["decisions"] if merged["decisions"] else 0.0
         out[phase] = merged
     return out

@@ -198,7 +198,27 @@ def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
             assert r.final_dev_score == old[r.controller, r.seed]
     # what reusing records is worth: the merged costs count the earlier run's episodes
     merged = merge_costs(first.costs, second.costs)
-    assert merged["selection"]["episodes"] == 2 * len(cands) + 2
+    assert merged["selection"]["episodes"] == 2 * len(cands)  # those run here and those reused
+    assert merged["selection"]["cpu_seconds"] > second.costs["selection"]["cpu_seconds"]
+
+
+def test_merge_costs_charges_only_the_share_of_the_earlier_run_it_reused():
+    def phase(episodes, trained, cpu, reused=0, reused_compute=0.0):
+        return {"episodes": episodes, "decisions": 3 * episodes, "decisions_replayed": 0, "epochs_trained": trained,
+                "fraction_replayed": 0.0, "cpu_seconds": cpu, "wall_seconds": cpu, "episodes_reused": reused,
+                "compute_reused": reused_compute}
+
+    before = {"selection": phase(10, 20.0, 200.0), "controllers_eval": phase(4, 8.0, 80.0)}
+    # all of selection reused; of the controllers, one of two (2 of the 8 epochs), the other left out
+    new = {"selection": phase(2, 4.0, 40.0, reused=10, reused_compute=26.0),
+           "controllers_eval": phase(1, 2.0, 20.0, reused=1, reused_compute=2.0)}
+    merged = merge_costs(before, new)
+    assert merged["selection"]["cpu_seconds"] == 240.0  # capped at the whole earlier phase
+    assert merged["selection"]["episodes"] == 12 and merged["selection"]["decisions"] == 36
+    assert merged["controllers_eval"]["cpu_seconds"] == 20.0 + 80.0 * 2 / 8  # not the episodes it left out
+    assert merged["controllers_eval"]["episodes"] == 2 and merged["controllers_eval"]["epochs_trained"] == 4.0
+    nothing = merge_costs(before, {"selection": phase(3, 6.0, 60.0)})
+    assert nothing["selection"]["cpu_seconds"] == 60.0 and nothing["selection"]["episodes"] == 3
 
 
 def test_protocol_refuses_overlapping_seeds(env):
