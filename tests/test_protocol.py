@@ -278,7 +278,9 @@ def test_compare_protocol_script(config, tmp_path):
     report3 = json.loads((tmp_path / "longer" / "protocol.json").read_text())
     sel, ctl = report3["costs"]["selection"], report3["costs"]["controllers_eval"]
     assert sel["episodes_reused"] == 4 and sel["episodes"] > 4  # kd-t1-end and kd-t1's shorter runs are new
-    assert ctl["episodes"] - report2["costs"]["controllers_eval"]["episodes"] == 5  # random, on 5 eval seeds
+    before = report2["costs"]["controllers_eval"]
+    assert before["episodes_reused"] - ctl["episodes_reused"] == 5  # random, on 5 eval seeds, ran again
+    assert ctl["episodes"] == before["episodes"]  # the same episodes behind the report, each counted once
     # --no-heuristics over more seeds: only the reference, the best static plan and --controllers
     # (kd-t0 and random here; no paper heuristic),
     # paired on all seven seeds, the first five read from the earlier run
