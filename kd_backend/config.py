@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from kd_backend.data import CTRL_RULES, CtrlRule
+from kd_backend.data import CtrlRule, check_ctrl_rule
 from kd_backend.errors import ConfigError
 from kd_backend.models import PRESETS
 from kd_backend.pretrained import PRETRAINED
@@ -214,8 +214,7 @@ class BackendConfig(DistillerConfig):
         check_int(owner, "teacher_epochs", self.teacher_epochs, minimum=1, allow_none=True)
         check_float(owner, "teacher_lr", self.teacher_lr, 0.0, low_open=True, allow_none=True)
         check_int(owner, "transfer", self.transfer, minimum=0)
-        if self.ctrl_rule not in CTRL_RULES:
-            raise ConfigError(f"{owner}.ctrl_rule={self.ctrl_rule!r} must be one of {list(CTRL_RULES)}")
+        check_ctrl_rule(self.ctrl_rule, owner)
 
     def distiller_config(self) -> DistillerConfig:
         """The optimisation part of this config, as a plain :class:`DistillerConfig`."""

@@ -525,6 +525,13 @@ CtrlRule = Literal["unseen", "dev-length", "random"]
 """How the ``ctrl`` split is drawn from the training data (see :func:`select_ctrl`)."""
 CTRL_RULES: tuple[str, ...] = get_args(CtrlRule)
 """The :data:`CtrlRule` values, for checks and messages."""
+
+
+def check_ctrl_rule(rule: str, owner: str = "") -> None:
+    """:raises ConfigError: ``rule`` is not one of :data:`CTRL_RULES` (naming them)."""
+    if rule not in CTRL_RULES:
+        raise ConfigError(f"{owner + '.' if owner else ''}ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
+
 CTRL_LENGTH_BINS = 10
 
 
@@ -578,7 +585,7 @@ def overlaps_ctrl(train: TextSplit, ctrl: TextSplit) -> np.ndarray:
     return out
 
 
-def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.random.Generator) -> np.ndarray:
+def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: CtrlRule, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of the ``size`` training rows that become the ``ctrl`` split.
 
     ``ctrl`` is what a controller optimises, so it must behave like the evaluation data. ``random``
@@ -600,8 +607,7 @@ def select_ctrl(train: TextSplit, dev: TextSplit, size: int, rule: str, rng: np.
     n = len(train)
     if rule == "random" or len(dev) == 0:
         return np.sort(rng.permutation(n)[:size])
-    if rule not in CTRL_RULES:
-        raise ConfigError(f"ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
+    check_ctrl_rule(rule)
     train_len, dev_len = text_lengths(train), text_lengths(dev)
     edges = np.unique(np.quantile(dev_len, np.linspace(0, 1, CTRL_LENGTH_BINS + 1)[1:-1]))
     train_bin, dev_bin = np.searchsorted(edges, train_len, side="right"), np.searchsorted(edges, dev_len, side="right")
@@ -645,7 +651,7 @@ def load_task(
     dev_file: str | Path | None = None,
     text_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
-    ctrl_rule: str = "unseen",
+    ctrl_rule: CtrlRule = "unseen",
     transfer: int = 0,
 ) -> TaskData:
     """Load a task's train, ctrl and dev splits, deterministically for a seed.
@@ -684,8 +690,7 @@ def load_task(
     _check_options(ctrl_fraction, ctrl_max, seed, train_limit, dev_limit)
     if not isinstance(transfer, int) or transfer < 0:
         raise ConfigError(f"transfer={transfer!r} must be an integer >= 0")
-    if ctrl_rule not in CTRL_RULES:
-        raise ConfigError(f"ctrl_rule={ctrl_rule!r} must be one of {list(CTRL_RULES)}")
+    check_ctrl_rule(ctrl_rule)
     name = str(task).strip()
     key = glue_key(name)
     is_custom = train_file is not None or name.lower() == "custom" or Path(name).suffix.lower() in CUSTOM_SUFFIXES

@@ -43,8 +43,6 @@ def test_ctrl_rule_help_lists_its_choices(capsys, monkeypatch):
     assert "--ctrl-rule {unseen,dev-length,random}" in capsys.readouterr().out
 
 
-
-
 def test_config_dict_is_yaml_safe_and_round_trips():
     cfg = BackendConfig(teachers=("tiny-1x64", "tiny-2x128"), layer_map=((1, 2), (2, 4)))
     text = yaml.safe_dump(config_dict(cfg), sort_keys=False)
