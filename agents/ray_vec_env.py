@@ -197,7 +197,7 @@ def warm_up(env_fn: Callable[[], gym.Env], skip_nodes: Sequence[str] = (), num_c
     ray = require_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote
+    @ray.remote(max_calls=1)  # the worker exits after it: its teachers' memory and its CPU lease go at once
     def _build(fn: Callable[[], gym.Env]) -> str:
         fn().close()
         return ray.get_runtime_context().get_node_id()

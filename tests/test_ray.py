@@ -99,14 +99,20 @@ def _cluster_state() -> str:
     return state
 
 
+def _wait_until_free(when: str, limit_s: float = 120) -> None:
+    """Wait until every CPU of the test's Ray is free again (Ray releases a finished task's or a killed
+    actor's resources asynchronously), failing with the cluster's state after ``limit_s``."""
+    deadline = time.time() + limit_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        assert time.time() < deadline, f"the test's Ray is still busy {when}, after {limit_s:.0f} s: {_cluster_state()}"
+        time.sleep(0.2)
+
+
 def _run_joined(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run a script that joins this module's Ray as a client, once the cluster's CPUs are all free
     (an earlier test's actors may take a moment to go), and fail with the cluster's state if the
     script does not finish in time, instead of a bare timeout."""
-    deadline = time.time() + 120
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
-        assert time.time() < deadline, f"the test's Ray is still busy after 120 s: {_cluster_state()}"
-        time.sleep(0.5)
+    _wait_until_free("before the script joins it")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, **kwargs)
     except subprocess.TimeoutExpired as e:
@@ -251,6 +257,7 @@ def test_warm_up_builds_one_env_per_node(config, local_ray):
     here = ray.get_runtime_context().get_node_id()
     assert warm_up(EnvFactory(config)) == [here]  # the one node of a local Ray
     assert warm_up(EnvFactory(config), skip_nodes=[here]) == []
+    _wait_until_free("after the warm-up", limit_s=60)  # its worker exits and gives its CPU back
 
 
 def test_envs_the_cluster_cannot_place_warn_then_fail_with_the_cause(config, local_ray, monkeypatch, caplog):
@@ -259,12 +266,10 @@ def test_envs_the_cluster_cannot_place_warn_then_fail_with_the_cause(config, loc
     import agents.ray_vec_env as rve
 
     monkeypatch.setattr(rve, "START_WARN_S", 0.5)
+    _wait_until_free("before the test")  # an earlier test's workers may still hold a CPU a moment
     with caplog.at_level("WARNING", logger="agents.ray_vec_env"), pytest.raises(rve.RayEnvError) as err:
         RayVecEnv([EnvFactory(config)], num_cpus=3, start_timeout_s=2)  # the test's Ray has 2 CPUs
     assert "1 of 1 Ray envs not started" in str(err.value) and "3 CPU" in str(err.value)
     assert "--n-envs" in str(err.value)
     assert any("not started" in r.getMessage() and "of 2 CPU" in r.getMessage() for r in caplog.records)
-    deadline = time.time() + 30
-    while ray.available_resources().get("CPU", 0) < 2:
-        assert time.time() < deadline, _cluster_state()
-        time.sleep(0.2)
+    _wait_until_free("after RayVecEnv gave up")
