@@ -17,6 +17,11 @@
    cancels the seed's shared luck) and the compute ratio to the best static plan; plus the search
    cost (episodes, decisions retrained and replayed from branches, CPU seconds), so that a learned
    controller's learning cost can be set against the grid search behind the reference.
+5. **Verdicts** against the target (:data:`TARGET_SHARE`): each controller's ``target`` column
+   (:func:`target_verdict`), and the *budget line* (:func:`budget_best`): the ctrl-best candidate
+   that costs at most the target share of the best static plan, read from the selection table
+   alone. When even that candidate falls well short of the reference on ctrl, no schedule on the
+   menu can meet the target on this task, whatever controller picks it.
 
 Candidates share prefixes (every "A then B" starts with A's first epoch), so the search runs on
 an env with branching episodes (:mod:`envs.branching`): with the same seed, a shared prefix is
@@ -51,6 +56,12 @@ from kd_backend.plan import EpochPlan
 
 CandidateKind = Literal["static", "grid"]
 ORACLE_ROLE = "oracle (dev-chosen upper bound, not a fair reference)"
+TARGET_SHARE = 0.6
+"""The saving a controller should bring (issue 9): the reference's dev score (paired, within one SE
+or better) at no more than this share of the best static plan's compute, and no more than the
+reference's. The other way to meet the target: beat the reference by more than 2 SE at its compute."""
+EQUAL_COMPUTE_TOLERANCE = 0.02
+"""How much more compute than the reference's still counts as "equal compute" (a share of it)."""
 
 
 class DevReadDuringSelection(DynaKDError):
@@ -245,6 +256,67 @@ def pick_oracle(records: Sequence[EpisodeRecord], names: Sequence[str]) -> str:
     return max(names, key=lambda n: mean_se(list(_per_seed(groups[n], "final_dev_score").values()))[0])
 
 
+def budget_best(
+    table: Sequence[Mapping[str, Any]], reference: str, best_static: str, share: float = TARGET_SHARE
+) -> dict[str, Any] | None:
+    """The ctrl-best candidate of a :func:`selection_table` that costs at most ``share`` of the best
+    static plan's compute (selection episodes; dev is not read): what the menu offers at the target's
+    budget, whoever picks it.
+
+    :param table: the selection table (ranked best first).
+    :param reference: the reference's name.
+    :param best_static: the best static plan's name.
+    :param share: the budget as a share of the best static plan's compute.
+    :return: ``candidate``, ``kind``, ``ctrl_score``, ``ctrl_score_se``, ``compute``, ``budget`` (the
+        compute bound), ``ctrl_gap_vs_reference`` (its ctrl score minus the reference's, selection
+        seeds); None if no candidate is that cheap.
+    """
+    rows = {r["candidate"]: r for r in table}
+    budget = share * float(rows[best_static]["compute"])
+    cheap = [r for r in table if float(r["compute"]) <= budget * (1 + 1e-9)]
+    if not cheap:
+        return None
+    best = min(cheap, key=lambda r: r["rank"])
+    return {
+        "candidate": best["candidate"], "kind": best["kind"], "ctrl_score": best["ctrl_score"],
+        "ctrl_score_se": best["ctrl_score_se"], "compute": best["compute"], "budget": budget,
+        "ctrl_gap_vs_reference": float(best["ctrl_score"]) - float(rows[reference]["ctrl_score"]),
+    }
+
+
+def target_verdict(row: Mapping[str, Any], reference_compute: float, share: float = TARGET_SHARE) -> str:
+    """Whether a :func:`report_rows` row meets the target (:data:`TARGET_SHARE`), and if not, why.
+
+    ``met: saving`` — dev within one SE of the reference or better (paired: difference + SE >= 0) at
+    no more than ``share`` of the best static plan's compute and no more than the reference's;
+    ``met: better`` — dev above the reference by more than 2 SE at no more than the reference's
+    compute (:data:`EQUAL_COMPUTE_TOLERANCE`); otherwise ``no: ...`` naming what falls short.
+
+    :param row: a report row (``dev_diff_vs_reference``, its ``_se``, ``compute``,
+        ``compute_ratio_vs_best_static``).
+    :param reference_compute: the reference's mean compute on the same seeds.
+    :param share: the saving target.
+    """
+    diff, se = float(row["dev_diff_vs_reference"]), float(row["dev_diff_vs_reference_se"])
+    ratio, compute = float(row["compute_ratio_vs_best_static"]), float(row["compute"])
+    se = 0.0 if math.isnan(se) else se
+    at_ref_cost = compute <= reference_compute * (1 + EQUAL_COMPUTE_TOLERANCE)
+    if diff > 2 * se and diff > 0 and at_ref_cost:
+        return "met: better"
+    within = diff + se >= 0
+    cheap = ratio <= share + 1e-9 and compute <= reference_compute * (1 + 1e-9)
+    if within and cheap:
+        return "met: saving"
+    why = []
+    if not within:
+        why.append(f"dev {100 * diff:+.1f} ± {100 * se:.1f}" + (f" ({-diff / se:.2f} SE)" if se > 0 else ""))
+    if ratio > share + 1e-9:
+        why.append(f"compute {ratio:.2f} of best static > {share:g}")
+    elif compute > reference_compute * (1 + 1e-9):
+        why.append("compute above the reference's")
+    return "no: " + ", ".join(why)
+
+
 def report_rows(
     records: Sequence[EpisodeRecord], roles: Mapping[str, Sequence[str]], reference: str, best_static: str
 ) -> list[dict[str, Any]]:
@@ -252,7 +324,8 @@ def report_rows(
 
     Columns: dev and ctrl score mean ± SE, compute mean, the paired per-seed differences to the
     reference (dev and ctrl; mean ± SE of the differences), the compute ratio to the best static
-    plan, and ``upper_bound`` (True for the oracle).
+    plan, ``upper_bound`` (True for the oracle) and ``target`` (:func:`target_verdict`; empty for
+    the reference and the oracle).
     """
     groups = _by_controller(records)
     ref = groups[reference]
@@ -276,6 +349,9 @@ def report_rows(
             "compute_ratio_vs_best_static": compute / static_compute if static_compute > 0 else float("nan"),
             "upper_bound": ORACLE_ROLE in role,
         })
+    ref_compute = next(r["compute"] for r in rows if r["controller"] == reference)
+    for r in rows:
+        r["target"] = "" if r["controller"] == reference or r["upper_bound"] else target_verdict(r, ref_compute)
     return rows
 
 
@@ -352,6 +428,8 @@ class ProtocolResult:
     selection_seeds: tuple[int, ...]
     eval_seeds: tuple[int, ...]
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget_best: dict[str, Any] | None = None
+    """:func:`budget_best` of the selection table: what the menu offers at the target's budget."""
 
 
 def _run(
@@ -394,8 +472,8 @@ def reusable_records(
     A controller is reused whole or not at all: only if ``prior`` holds it on every seed, and only
     if it is a schedule of ``plans`` whose every recorded episode applied exactly those plans (the
     record's meaning, not just its name), or one of ``names`` (built-in controllers, which mean the
-    same in every run of the same env config). Anything else (a policy file, which may have changed
-    under its name) runs again.
+    same in every run of the same env config). Anything else (a closed-loop policy file, which may
+    have changed under its name) runs again.
     """
     plans = plans or {}
     by_name = _by_controller(prior)
@@ -507,7 +585,8 @@ def run_protocol(
         (see :func:`reusable_records`), so adding a controller, or the oracle, to a finished
         protocol runs only what is new. The caller checks that the env configs match.
     :param reuse_names: controllers of ``controllers`` that ``prior`` may stand in for by name
-        (built-in baselines); candidates are matched by their plans.
+        (built-in baselines); candidates and open-loop schedules (:class:`ScheduleController`, e.g. a
+        ``schedule.json``) are matched by their plans.
     :raises ConfigError: overlapping or too few seeds, duplicate names, no static candidate.
     """
     sel_seeds, ev_seeds = tuple(int(s) for s in selection_seeds), tuple(int(s) for s in eval_seeds)
@@ -557,9 +636,10 @@ def run_protocol(
             eval_env, chosen, ev_seeds, costs["candidates_eval"], seed_major=True, progress=bar,
             prior=reusable_records(prior, chosen, ev_seeds, plans),
         )
+        open_loop = {n: c.plans for n, c in extras.items() if isinstance(c, ScheduleController)}
         eval_records += _run(
             eval_env, extras, ev_seeds, costs["controllers_eval"], seed_major=False, progress=bar,
-            prior=reusable_records(prior, extras, ev_seeds, names=reuse_names),
+            prior=reusable_records(prior, extras, ev_seeds, plans=open_loop, names=reuse_names),
         )
     oracle_name = pick_oracle(eval_records, list(schedules)) if oracle else None
     roles: dict[str, list[str]] = {}
@@ -574,25 +654,26 @@ def run_protocol(
         candidates=list(candidates), selection=table, reference=reference, best_static=best_static,
         oracle=oracle_name, rows=rows, selection_records=selection_records, eval_records=eval_records,
         selection_seeds=sel_seeds, eval_seeds=ev_seeds,
-        costs={k: v.to_dict() for k, v in costs.items()},
+        costs={k: v.to_dict() for k, v in costs.items()}, budget_best=budget_best(table, reference, best_static),
     )
 
 
 # ---------------------------------------------------------------------------------------------- output
 def format_protocol(result: ProtocolResult) -> str:
     """The report as text: rows, then the reference and the search cost."""
-    header = ("controller", "dev ± SE", "ctrl ± SE", "compute", "Δdev vs ref (paired)", "compute / best static", "role")
+    header = ("controller", "dev ± SE", "ctrl ± SE", "compute", "Δdev vs ref (paired)", "compute / best static",
+              "target", "role")
     lines = [
         (
             r["controller"], f"{100 * r['dev_score']:.1f} ± {100 * r['dev_score_se']:.1f}",
             f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_se']:.1f}", f"{r['compute']:.2f}",
             f"{100 * r['dev_diff_vs_reference']:+.1f} ± {100 * r['dev_diff_vs_reference_se']:.1f}",
-            f"{r['compute_ratio_vs_best_static']:.2f}", r["role"],
+            f"{r['compute_ratio_vs_best_static']:.2f}", r.get("target", ""), r["role"],
         )
         for r in result.rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 6) else '>'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'<' if i in (0, 6, 7) else '>'}{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
     sel = result.costs["selection"]
     out.append(
@@ -602,6 +683,19 @@ def format_protocol(result: ProtocolResult) -> str:
         f"{sel['epochs_trained']:.1f} plain epochs trained ({100 * sel['fraction_replayed']:.0f}% of decisions replayed "
         f"from branches), {sel['cpu_seconds']:.0f} CPU s."
     )
+    out.append(
+        f"target: the reference's dev (paired, within one SE) at <= {TARGET_SHARE:g} of the best static plan's "
+        "compute and <= the reference's, or more than 2 SE above it at the reference's compute."
+    )
+    b = result.budget_best
+    if b is None:
+        out.append(f"No candidate costs <= {TARGET_SHARE:g} of the best static plan's compute.")
+    else:
+        out.append(
+            f"At that budget (<= {b['budget']:.2f} on the selection seeds) the menu's ctrl-best candidate is "
+            f"{b['candidate']!r}: ctrl {100 * b['ctrl_score']:.1f} ± {100 * b['ctrl_score_se']:.1f} @ {b['compute']:.2f}, "
+            f"{100 * b['ctrl_gap_vs_reference']:+.1f} points against the reference's ctrl (selection seeds)."
+        )
     if result.oracle is not None:
         out.append(f"The oracle ({result.oracle!r}) is chosen on the evaluation seeds' dev scores: an upper bound only.")
     return "\n".join(out)
@@ -648,6 +742,9 @@ def plot_frontier(result: ProtocolResult, path: str | Path) -> Path:
             marker=markers[i % len(markers)], markersize=9, markerfacecolor="none", markeredgewidth=2, capsize=3,
             linestyle="none", label=f"{r['controller']} ({r['role'].split(' (')[0]})", zorder=3,
         )
+    if result.budget_best is not None:
+        ax.axvline(result.budget_best["budget"], color="0.3", linestyle=":", linewidth=1,
+                   label=f"target budget ({TARGET_SHARE:g} of the best static plan)")
     ax.set_xlabel("compute per KD run (plain full-data epochs of the student)")
     ax.set_ylabel("final dev score (points, mean ± SE over evaluation seeds)")
     ax.set_title(f"dev vs compute; reference {result.reference} chosen on ctrl")
@@ -670,6 +767,7 @@ def write_protocol(out_dir: str | Path, result: ProtocolResult, **metadata: Any)
         "best_static": result.best_static, "oracle": result.oracle, "oracle_is_upper_bound": True,
         "selection_seeds": list(result.selection_seeds), "eval_seeds": list(result.eval_seeds),
         "chosen_by": "mean final ctrl score over the selection seeds (dev never read during selection)",
+        "target_share": TARGET_SHARE, "budget_best": result.budget_best,
         "costs": result.costs, "rows": result.rows, "selection": result.selection, **metadata,
     })
     for name, records in (("selection.jsonl", result.selection_records), ("evaluation.jsonl", result.eval_records)):

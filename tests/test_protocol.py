@@ -27,12 +27,14 @@ from agents.configs import CompareConfig
 from agents.protocol import (
     ORACLE_ROLE,
     DevReadDuringSelection,
+    budget_best,
     mean_se,
     paired_difference,
     pick_oracle,
     pick_reference,
     report_rows,
     selection_table,
+    target_verdict,
 )
 from envs import DistillationEnv, tiny_config
 from kd_backend.errors import ConfigError
@@ -113,9 +115,47 @@ def test_paired_differences_and_standard_errors_against_hand_values():
     assert row["dev_score_se"] == pytest.approx(math.sqrt((0.05**2 + 0.02**2 + 0.03**2) / 2) / math.sqrt(3))
     assert row["compute"] == 1.5 and row["compute_ratio_vs_best_static"] == pytest.approx(0.75)
     assert rows[0]["dev_diff_vs_reference"] == 0.0 and not any(r["upper_bound"] for r in rows)
+    # the target: +2.0 ± 1.7 is within one SE, but 0.75 of the best static plan's compute is above 0.6;
+    # the static plan: dev differences 0, -0.1, -0.05 (mean -5.0 points, SE 2.9: 1.7 SE below), ratio 1
+    assert rows[0]["target"] == "" and row["target"] == "no: compute 0.75 of best static > 0.6"
+    assert rows[2]["target"] == "no: dev -5.0 ± 2.9 (1.73 SE), compute 1.00 of best static > 0.6"
     assert mean_se([1.0])[1] != mean_se([1.0])[1]  # NaN: no SE from one value
     with pytest.raises(ConfigError, match="same seeds"):
         paired_difference({1: 0.5}, {2: 0.5})
+
+
+def test_target_verdict_against_hand_made_rows():
+    def row(diff, se, compute, ratio):
+        return {"dev_diff_vs_reference": diff, "dev_diff_vs_reference_se": se, "compute": compute,
+                "compute_ratio_vs_best_static": ratio}
+
+    # the saving: within one SE (-0.004 + 0.005 >= 0) at 0.6 of the best static plan, below the reference
+    assert target_verdict(row(-0.004, 0.005, 3.0, 0.6), reference_compute=4.0) == "met: saving"
+    # just outside one SE
+    assert target_verdict(row(-0.006, 0.005, 3.0, 0.6), 4.0) == "no: dev -0.6 ± 0.5 (1.20 SE)"
+    # cheap enough against the best static plan, but dearer than the reference
+    assert target_verdict(row(0.0, 0.005, 3.0, 0.5), 2.5) == "no: compute above the reference's"
+    # better by more than 2 SE at the reference's compute (within the 2% tolerance), whatever the ratio
+    assert target_verdict(row(0.011, 0.005, 4.05, 1.0), 4.0) == "met: better"
+    assert target_verdict(row(0.009, 0.005, 4.0, 1.0), 4.0) == "no: compute 1.00 of best static > 0.6"
+    assert target_verdict(row(0.011, 0.005, 4.2, 1.0), 4.0) == "no: compute 1.00 of best static > 0.6"
+    # a NaN SE (one seed) counts as 0
+    assert target_verdict(row(0.0, float("nan"), 1.0, 0.2), 4.0) == "met: saving"
+
+
+def test_budget_best_is_the_ctrl_best_candidate_within_the_share_of_the_best_static_plan():
+    table = [
+        {"candidate": "ref", "kind": "grid", "ctrl_score": 0.80, "ctrl_score_se": 0.01, "compute": 4.0, "rank": 1},
+        {"candidate": "st", "kind": "static", "ctrl_score": 0.79, "ctrl_score_se": 0.01, "compute": 5.0, "rank": 2},
+        {"candidate": "mid", "kind": "grid", "ctrl_score": 0.78, "ctrl_score_se": 0.02, "compute": 3.01, "rank": 3},
+        {"candidate": "cheap", "kind": "static", "ctrl_score": 0.75, "ctrl_score_se": 0.0, "compute": 3.0, "rank": 4},
+        {"candidate": "cheaper", "kind": "grid", "ctrl_score": 0.70, "ctrl_score_se": 0.0, "compute": 1.0, "rank": 5},
+    ]
+    best = budget_best(table, reference="ref", best_static="st")  # budget 0.6 x 5.0 = 3.0: "mid" is above it
+    assert best is not None and best["candidate"] == "cheap" and best["budget"] == pytest.approx(3.0)
+    assert best["ctrl_gap_vs_reference"] == pytest.approx(-0.05)
+    assert budget_best(table, "ref", "st", share=0.61)["candidate"] == "mid"
+    assert budget_best(table, "ref", "st", share=0.1) is None
 
 
 def test_dev_sealed_raises_on_dev_and_restores_evaluate(env):
@@ -165,6 +205,10 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     assert sel["episodes"] == len(cands) * 2 and sel["decisions"] == 2 * sel["episodes"]
     assert sel["decisions_replayed"] == 4 * 2  # each of the 4 grid schedules, on each of the 2 seeds
     assert sel["cpu_seconds"] > 0
+    # the budget line comes from the selection table alone
+    assert result.budget_best == budget_best(result.selection, result.reference, result.best_static)
+    assert all(r["target"].startswith(("met", "no")) for r in result.rows
+               if r["controller"] != result.reference and not r["upper_bound"])
 
 
 def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
@@ -200,6 +244,14 @@ def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
     merged = merge_costs(first.costs, second.costs)
     assert merged["selection"]["episodes"] == 2 * len(cands)  # those run here and those reused
     assert merged["selection"]["cpu_seconds"] > second.costs["selection"]["cpu_seconds"]
+    # an open-loop schedule (a schedule.json) means its plans: reused under the same plans, whatever
+    # it is called in reuse_names; the same name with other plans runs again
+    prior2 = [*second.selection_records, *second.eval_records]
+    same = run_protocol(env, cands, {"new-schedule": new}, [1, 2], [3, 4], oracle=False, prior=prior2)
+    assert same.costs["controllers_eval"]["episodes"] == 0
+    changed = ScheduleController([plans["kd-t1"], plans["kd-t0"]], name="new-schedule")
+    other = run_protocol(env, cands, {"new-schedule": changed}, [1, 2], [3, 4], oracle=False, prior=prior2)
+    assert other.costs["controllers_eval"]["episodes"] == 2
 
 
 def test_merge_costs_charges_only_the_share_of_the_earlier_run_it_reused():
