@@ -7,8 +7,10 @@
 2. **Selection** on *selection seeds*, disjoint from the evaluation seeds, with the dev split
    sealed (the selection env never reports dev, and :func:`dev_sealed` makes any dev evaluation
    raise): the **reference** is the candidate with the best mean ctrl score; the **best static
-   plan** is the best static candidate by the same rule. Dev never chooses anything.
-3. **Evaluation** on fresh *evaluation seeds*: the reference, the best static plan, the given
+   plan** is the best static candidate by the same rule (it may stop early, with an ``-end``
+   twin), the **best full-horizon static plan** the best one that runs every epoch. Dev never
+   chooses anything.
+3. **Evaluation** on fresh *evaluation seeds*: the reference, both best static plans, the given
    controllers (the paper's heuristics, random, learned policies, schedules) and, optionally, every
    candidate, whose dev-best is the **oracle**: an upper bound chosen on the evaluation seeds' dev
    scores, not a fair reference.
@@ -250,6 +252,16 @@ def pick_reference(table: Sequence[Mapping[str, Any]], kind: CandidateKind | Non
     return min(rows, key=lambda r: r["rank"])["candidate"]
 
 
+def pick_full_static(candidates: Sequence[Candidate], table: Sequence[Mapping[str, Any]]) -> str:
+    """The best static candidate by ctrl that runs the whole horizon (no plan ends the run early):
+    the issue's "every menu plan applied to every epoch", without the early stops of ``-end`` twins."""
+    full = {c.name for c in candidates if c.kind == "static" and not any(p.final for p in c.plans)}
+    rows = [r for r in table if r["candidate"] in full]
+    if not rows:
+        raise ConfigError("no static candidate runs the whole horizon (every plan on the menu ends the run)")
+    return min(rows, key=lambda r: r["rank"])["candidate"]
+
+
 def pick_oracle(records: Sequence[EpisodeRecord], names: Sequence[str]) -> str:
     """The candidate with the best mean *dev* score on the evaluation seeds (an upper bound only)."""
     groups = _by_controller(records)
@@ -284,7 +296,10 @@ def budget_best(
     }
 
 
-def target_verdict(row: Mapping[str, Any], reference_compute: float, share: float = TARGET_SHARE) -> str:
+def target_verdict(
+    row: Mapping[str, Any], reference_compute: float, share: float = TARGET_SHARE,
+    ratio_key: str = "compute_ratio_vs_best_static",
+) -> str:
     """Whether a :func:`report_rows` row meets the target (:data:`TARGET_SHARE`), and if not, why.
 
     ``met: saving`` — dev within one SE of the reference or better (paired: difference + SE >= 0) at
@@ -296,9 +311,11 @@ def target_verdict(row: Mapping[str, Any], reference_compute: float, share: floa
         ``compute_ratio_vs_best_static``).
     :param reference_compute: the reference's mean compute on the same seeds.
     :param share: the saving target.
+    :param ratio_key: the row's compute ratio to judge the saving by (``compute_ratio_vs_full_static``
+        judges it against the best static plan that runs the whole horizon).
     """
     diff, se = float(row["dev_diff_vs_reference"]), float(row["dev_diff_vs_reference_se"])
-    ratio, compute = float(row["compute_ratio_vs_best_static"]), float(row["compute"])
+    ratio, compute = float(row[ratio_key]), float(row["compute"])
     se = 0.0 if math.isnan(se) else se
     at_ref_cost = compute <= reference_compute * (1 + EQUAL_COMPUTE_TOLERANCE)
     if diff > 2 * se and diff > 0 and at_ref_cost:
@@ -311,26 +328,30 @@ def target_verdict(row: Mapping[str, Any], reference_compute: float, share: floa
     if not within:
         why.append(f"dev {100 * diff:+.1f} ± {100 * se:.1f}" + (f" ({-diff / se:.2f} SE)" if se > 0 else ""))
     if ratio > share + 1e-9:
-        why.append(f"compute {ratio:.2f} of best static > {share:g}")
+        why.append(f"compute {ratio:.2f} > {share:g}")
     elif compute > reference_compute * (1 + 1e-9):
         why.append("compute above the reference's")
     return "no: " + ", ".join(why)
 
 
 def report_rows(
-    records: Sequence[EpisodeRecord], roles: Mapping[str, Sequence[str]], reference: str, best_static: str
+    records: Sequence[EpisodeRecord], roles: Mapping[str, Sequence[str]], reference: str, best_static: str,
+    full_static: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per controller of ``roles`` (in its order) over the evaluation seeds.
 
     Columns: dev and ctrl score mean ± SE, compute mean, the paired per-seed differences to the
     reference (dev and ctrl; mean ± SE of the differences), the compute ratio to the best static
     plan, ``upper_bound`` (True for the oracle) and ``target`` (:func:`target_verdict`; empty for
-    the reference and the oracle).
+    the reference and the oracle); then the same ratio and verdict against ``full_static``, the best
+    static plan that runs the whole horizon (None: ``best_static``), in
+    ``compute_ratio_vs_full_static`` and ``target_vs_full_static``.
     """
     groups = _by_controller(records)
     ref = groups[reference]
     ref_dev, ref_ctrl = _per_seed(ref, "final_dev_score"), _per_seed(ref, "final_ctrl_score")
     static_compute = mean_se([r.total_compute for r in groups[best_static]])[0]
+    full_compute = mean_se([r.total_compute for r in groups[full_static or best_static]])[0]
     rows = []
     for name, role in roles.items():
         group = groups[name]
@@ -348,10 +369,14 @@ def report_rows(
             "ctrl_diff_vs_reference": d_ctrl, "ctrl_diff_vs_reference_se": d_ctrl_se,
             "compute_ratio_vs_best_static": compute / static_compute if static_compute > 0 else float("nan"),
             "upper_bound": ORACLE_ROLE in role,
+            "compute_ratio_vs_full_static": compute / full_compute if full_compute > 0 else float("nan"),
         })
     ref_compute = next(r["compute"] for r in rows if r["controller"] == reference)
     for r in rows:
-        r["target"] = "" if r["controller"] == reference or r["upper_bound"] else target_verdict(r, ref_compute)
+        judged = r["controller"] != reference and not r["upper_bound"]
+        r["target"] = target_verdict(r, ref_compute) if judged else ""
+        r["target_vs_full_static"] = (
+            target_verdict(r, ref_compute, ratio_key="compute_ratio_vs_full_static") if judged else "")
     return rows
 
 
@@ -430,6 +455,8 @@ class ProtocolResult:
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget_best: dict[str, Any] | None = None
     """:func:`budget_best` of the selection table: what the menu offers at the target's budget."""
+    full_static: str | None = None
+    """The best static plan that runs the whole horizon (:func:`pick_full_static`)."""
 
 
 def _run(
@@ -574,11 +601,12 @@ def run_protocol(
     :param candidates: see :func:`candidate_schedules` (at least one static one).
     :param controllers: further controllers evaluated on ``eval_seeds`` (paper heuristics, random,
         policies, schedules). One named like an evaluated candidate (every candidate with
-        ``oracle``, else the reference and the best static plan) reuses that candidate's episodes.
+        ``oracle``, else the reference and the best static plans) reuses that candidate's episodes.
     :param selection_seeds: seeds of the selection episodes.
     :param eval_seeds: seeds of the evaluation episodes (>= 2, disjoint from ``selection_seeds``).
     :param oracle: also evaluate every candidate on ``eval_seeds`` and report the dev-best (the
-        oracle upper bound); False evaluates only the reference and the best static plan.
+        oracle upper bound); False evaluates only the reference and the best static plans (the best,
+        and the best that runs the whole horizon).
     :param branch_cache: epoch states kept for prefix sharing (0 = retrain every prefix).
     :param prior: episodes of an earlier run of the same env config (:func:`read_records`): a
         candidate or controller it holds on every seed of a phase is taken from it instead of run
@@ -628,7 +656,8 @@ def run_protocol(
             )
         table = selection_table(candidates, selection_records)
         reference, best_static = pick_reference(table), pick_reference(table, "static")
-        chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static))}
+        full_static = pick_full_static(candidates, table)
+        chosen = schedules if oracle else {n: schedules[n] for n in dict.fromkeys((reference, best_static, full_static))}
         extras = {n: c for n, c in controllers.items() if n not in chosen}  # a candidate's runs are reused
         bar.total = len(candidates) * len(sel_seeds) + (len(chosen) + len(extras)) * len(ev_seeds)
         bar.refresh()
@@ -645,16 +674,18 @@ def run_protocol(
     roles: dict[str, list[str]] = {}
     roles.setdefault(reference, []).append("reference (ctrl-best of static plans and grid)")
     roles.setdefault(best_static, []).append("best static plan (by ctrl)")
+    roles.setdefault(full_static, []).append("best full-horizon static plan (by ctrl)")
     if oracle_name is not None:
         roles.setdefault(oracle_name, []).append(ORACLE_ROLE)
     for n in controllers:
         roles.setdefault(n, []).append("controller")
-    rows = report_rows(eval_records, roles, reference, best_static)
+    rows = report_rows(eval_records, roles, reference, best_static, full_static)
     return ProtocolResult(
         candidates=list(candidates), selection=table, reference=reference, best_static=best_static,
         oracle=oracle_name, rows=rows, selection_records=selection_records, eval_records=eval_records,
         selection_seeds=sel_seeds, eval_seeds=ev_seeds,
         costs={k: v.to_dict() for k, v in costs.items()}, budget_best=budget_best(table, reference, best_static),
+        full_static=full_static,
     )
 
 
@@ -662,18 +693,19 @@ def run_protocol(
 def format_protocol(result: ProtocolResult) -> str:
     """The report as text: rows, then the reference and the search cost."""
     header = ("controller", "dev ± SE", "ctrl ± SE", "compute", "Δdev vs ref (paired)", "compute / best static",
-              "target", "role")
+              "target", "/ full-horizon static", "target vs full-horizon static", "role")
     lines = [
         (
             r["controller"], f"{100 * r['dev_score']:.1f} ± {100 * r['dev_score_se']:.1f}",
             f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_se']:.1f}", f"{r['compute']:.2f}",
             f"{100 * r['dev_diff_vs_reference']:+.1f} ± {100 * r['dev_diff_vs_reference_se']:.1f}",
-            f"{r['compute_ratio_vs_best_static']:.2f}", r.get("target", ""), r["role"],
+            f"{r['compute_ratio_vs_best_static']:.2f}", r["target"], f"{r['compute_ratio_vs_full_static']:.2f}",
+            r["target_vs_full_static"], r["role"],
         )
         for r in result.rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 6, 7) else '>'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'<' if i in (0, 6, 8, 9) else '>'}{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
     sel = result.costs["selection"]
     out.append(
@@ -685,7 +717,9 @@ def format_protocol(result: ProtocolResult) -> str:
     )
     out.append(
         f"target: the reference's dev (paired, within one SE) at <= {TARGET_SHARE:g} of the best static plan's "
-        "compute and <= the reference's, or more than 2 SE above it at the reference's compute."
+        "compute and <= the reference's, or more than 2 SE above it at the reference's compute. The best static "
+        f"plan {result.best_static!r} may stop early (an -end twin); the best full-horizon one is "
+        f"{result.full_static!r}."
     )
     b = result.budget_best
     if b is None:
@@ -764,7 +798,8 @@ def write_protocol(out_dir: str | Path, result: ProtocolResult, **metadata: Any)
     plans = {c.name: [p.to_dict() for p in c.plans] for c in result.candidates}
     atomic_write_json(out / "protocol.json", {
         "reference": result.reference, "reference_plans": plans[result.reference],
-        "best_static": result.best_static, "oracle": result.oracle, "oracle_is_upper_bound": True,
+        "best_static": result.best_static, "full_horizon_static": result.full_static, "oracle": result.oracle,
+        "oracle_is_upper_bound": True,
         "selection_seeds": list(result.selection_seeds), "eval_seeds": list(result.eval_seeds),
         "chosen_by": "mean final ctrl score over the selection seeds (dev never read during selection)",
         "target_share": TARGET_SHARE, "budget_best": result.budget_best,

@@ -117,8 +117,14 @@ def test_paired_differences_and_standard_errors_against_hand_values():
     assert rows[0]["dev_diff_vs_reference"] == 0.0 and not any(r["upper_bound"] for r in rows)
     # the target: +2.0 ± 1.7 is within one SE, but 0.75 of the best static plan's compute is above 0.6;
     # the static plan: dev differences 0, -0.1, -0.05 (mean -5.0 points, SE 2.9: 1.7 SE below), ratio 1
-    assert rows[0]["target"] == "" and row["target"] == "no: compute 0.75 of best static > 0.6"
-    assert rows[2]["target"] == "no: dev -5.0 ± 2.9 (1.73 SE), compute 1.00 of best static > 0.6"
+    assert rows[0]["target"] == "" and row["target"] == "no: compute 0.75 > 0.6"
+    assert rows[2]["target"] == "no: dev -5.0 ± 2.9 (1.73 SE), compute 1.00 > 0.6"
+    # against a full-horizon static plan of compute 4.0 the same controller saves enough: 1.5 / 4 = 0.375
+    full = [record("full", s, 0.5, 0.6, 4.0) for s in (1, 2, 3)]
+    rows = report_rows(ref + ctl + static + full, {"ref": ["reference"], "ctl": ["controller"]},
+                       reference="ref", best_static="static", full_static="full")
+    assert rows[1]["compute_ratio_vs_full_static"] == pytest.approx(0.375)
+    assert rows[1]["target"] == "no: compute 0.75 > 0.6" and rows[1]["target_vs_full_static"] == "met: saving"
     assert mean_se([1.0])[1] != mean_se([1.0])[1]  # NaN: no SE from one value
     with pytest.raises(ConfigError, match="same seeds"):
         paired_difference({1: 0.5}, {2: 0.5})
@@ -137,8 +143,8 @@ def test_target_verdict_against_hand_made_rows():
     assert target_verdict(row(0.0, 0.005, 3.0, 0.5), 2.5) == "no: compute above the reference's"
     # better by more than 2 SE at the reference's compute (within the 2% tolerance), whatever the ratio
     assert target_verdict(row(0.011, 0.005, 4.05, 1.0), 4.0) == "met: better"
-    assert target_verdict(row(0.009, 0.005, 4.0, 1.0), 4.0) == "no: compute 1.00 of best static > 0.6"
-    assert target_verdict(row(0.011, 0.005, 4.2, 1.0), 4.0) == "no: compute 1.00 of best static > 0.6"
+    assert target_verdict(row(0.009, 0.005, 4.0, 1.0), 4.0) == "no: compute 1.00 > 0.6"
+    assert target_verdict(row(0.011, 0.005, 4.2, 1.0), 4.0) == "no: compute 1.00 > 0.6"
     # a NaN SE (one seed) counts as 0
     assert target_verdict(row(0.0, float("nan"), 1.0, 0.2), 4.0) == "met: saving"
 
@@ -193,6 +199,8 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     means = {n: sum(v) / len(v) for n, v in by_name.items()}
     assert means[result.reference] == max(means.values())
     assert means[result.best_static] == max(means[n] for n in MENU)
+    full = [c.name for c in cands if c.kind == "static" and not any(p.final for p in c.plans)]
+    assert means[result.full_static] == max(means[n] for n in full)
     # the oracle is the dev-best candidate on the eval seeds, and labelled as an upper bound
     oracle_row = next(r for r in result.rows if r["controller"] == result.oracle)
     assert oracle_row["upper_bound"] and ORACLE_ROLE in oracle_row["role"]
@@ -233,7 +241,7 @@ def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
     sel = second.costs["selection"]
     assert (sel["episodes"], sel["episodes_reused"]) == (2, 2 * len(cands) - 2)  # kd-t0 reran on both seeds
     assert second.reference == first.reference and second.best_static == first.best_static
-    chosen = {first.reference, first.best_static}
+    chosen = {first.reference, first.best_static, first.full_static}
     assert second.costs["candidates_eval"]["episodes"] == 2 * (len(cands) - len(chosen))  # only the oracle's new runs
     assert second.costs["controllers_eval"]["episodes"] == 2  # random reused, the new schedule run
     old = {(r.controller, r.seed): r.final_dev_score for r in first.eval_records}
