@@ -86,7 +86,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     out = [title] if title else []
     out += [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
-    out.append("scores in points (mean ± sd over seeds); compute in plain full-data epochs of the student")
+    out.append("scores in points (mean ± sd over seeds); compute in plain full-data epochs of the student (one "
+               "epoch over every training row, unlabelled transfer rows included: CE-only plans skip those, so "
+               "they cost less than 1 per epoch where the task has them)")
     return "\n".join(out)
 
 
