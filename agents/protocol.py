@@ -698,21 +698,25 @@ def run_protocol(
 
 # ---------------------------------------------------------------------------------------------- output
 def format_protocol(result: ProtocolResult) -> str:
-    """The report as text: rows, then the reference and the search cost."""
+    """The report as text: rows, then the reference, the search cost, the target and the budget line.
+    The columns against the best full-horizon static plan show only where it differs from the best
+    static plan (``protocol.csv`` has them always)."""
+    both = result.full_static not in (None, result.best_static)
     header = ("controller", "dev ± SE", "ctrl ± SE", "compute", "Δdev vs ref (paired)", "compute / best static",
-              "target", "/ full-horizon static", "target vs full-horizon static", "role")
+              "target", *(("/ full-horizon static", "target vs full-horizon static") if both else ()), "role")
     lines = [
         (
             r["controller"], f"{100 * r['dev_score']:.1f} ± {100 * r['dev_score_se']:.1f}",
             f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_se']:.1f}", f"{r['compute']:.2f}",
             f"{100 * r['dev_diff_vs_reference']:+.1f} ± {100 * r['dev_diff_vs_reference_se']:.1f}",
-            f"{r['compute_ratio_vs_best_static']:.2f}", r["target"], f"{r['compute_ratio_vs_full_static']:.2f}",
-            r["target_vs_full_static"], r["role"],
+            f"{r['compute_ratio_vs_best_static']:.2f}", r["target"],
+            *((f"{r['compute_ratio_vs_full_static']:.2f}", r["target_vs_full_static"]) if both else ()), r["role"],
         )
         for r in result.rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 6, 8, 9) else '>'}{w}}}" for i, w in enumerate(widths))
+    left = {0, 6, len(header) - 1} | ({8} if both else set())
+    fmt = "  ".join(f"{{:{'<' if i in left else '>'}{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
     sel = result.costs["selection"]
     out.append(
@@ -724,9 +728,9 @@ def format_protocol(result: ProtocolResult) -> str:
     )
     out.append(
         f"target: the reference's dev (paired, within one SE) at <= {TARGET_SHARE:g} of the best static plan's "
-        "compute and <= the reference's, or more than 2 SE above it at the reference's compute. The best static "
-        f"plan {result.best_static!r} may stop early (an -end twin); the best full-horizon one is "
-        f"{result.full_static!r}."
+        "compute and <= the reference's, or more than 2 SE above it at the reference's compute. "
+        + (f"The best static plan {result.best_static!r} stops early; the best full-horizon one (the plan every "
+           f"epoch) is {result.full_static!r}." if both else "The best static plan runs the full horizon.")
     )
     b = result.budget_best
     if b is None:

@@ -4,6 +4,7 @@ the oracle's label, branch sharing in the grid, and the ``compare.py --protocol`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ from agents import (
     ScheduleController,
     candidate_schedules,
     dev_sealed,
+    format_protocol,
     menu_plans,
     merge_costs,
     run_protocol,
@@ -218,6 +220,18 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     assert sel["cpu_seconds"] > 0
     # the budget line comes from the selection table alone
     assert result.budget_best == budget_best(result.selection, result.reference, result.best_static)
+    # the printed report: the verdict column, and the full-horizon columns only where that plan differs
+    text = format_protocol(result)
+    assert "target" in text.splitlines()[0] and "full-horizon static" not in text.splitlines()[0]
+    assert "runs the full horizon" in text
+    assert ("menu's ctrl-best candidate" in text) == (result.budget_best is not None)
+    other = dataclasses.replace(result, full_static=next(n for n in MENU if n != result.best_static))
+    assert "target vs full-horizon static" in format_protocol(other).splitlines()[0]
+    cheap = {"candidate": "frac-0.3", "kind": "static", "ctrl_score": 0.5, "ctrl_score_se": 0.01, "compute": 0.9,
+             "budget": 1.2, "ctrl_gap_vs_reference": -0.034}
+    line = format_protocol(dataclasses.replace(result, budget_best=cheap)).splitlines()[-2]
+    assert line == ("At that budget (<= 1.20 on the selection seeds) the menu's ctrl-best candidate is 'frac-0.3': "
+                    "ctrl 50.0 ± 1.0 @ 0.90, -3.4 points against the reference's ctrl (selection seeds).")
     assert all(r["target"].startswith(("met", "no")) for r in result.rows
                if r["controller"] != result.reference and not r["upper_bound"])
 
