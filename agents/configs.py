@@ -338,9 +338,9 @@ class CompareConfig:
     """``--protocol``: epoch states kept so schedules sharing a prefix train it once (0 = off)."""
     reuse: str | None = None
     """``--protocol``: an earlier protocol folder of the same env config whose episodes stand in for
-    running them again: candidates and schedule files (matched by their plans) and built-in controllers
-    it holds on every seed are read from it, so adding a policy, or the oracle, to a finished protocol
-    runs only what is new. Policy files (.zip) always run again."""
+    running them again: candidates and schedule files (matched by their plans) on each seed it holds,
+    built-in controllers if it holds them on every seed, so adding a policy, the oracle, or seeds to a
+    finished protocol runs only what is new. Policy files (.zip) always run again."""
 
     @property
     def eval_seeds(self) -> tuple[int, ...]:

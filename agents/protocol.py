@@ -474,8 +474,9 @@ def _run(
     ``prior``: records to use instead of running, by controller (see :func:`reusable_records`)."""
     prior = prior or {}
     reused = [r for name in controllers if name in prior for r in prior[name] if r.seed in seeds]
+    have = {(r.controller, r.seed) for r in reused}
     pairs = [(n, s) for s in seeds for n in controllers] if seed_major else [(n, s) for n in controllers for s in seeds]
-    pairs = [(n, s) for n, s in pairs if n not in prior]
+    pairs = [(n, s) for n, s in pairs if (n, s) not in have]
     if progress is not None and reused:
         progress.update(len(reused))
     hits0 = env.branches.hits if env.branches is not None else 0
@@ -503,26 +504,28 @@ def reusable_records(
 ) -> dict[str, list[EpisodeRecord]]:
     """The earlier episodes that may stand in for running ``controllers`` on ``seeds``.
 
-    A controller is reused whole or not at all: only if ``prior`` holds it on every seed, and only
-    if it is a schedule of ``plans`` whose every recorded episode applied exactly those plans (the
-    record's meaning, not just its name), or one of ``names`` (built-in controllers, which mean the
-    same in every run of the same env config). Anything else (a closed-loop policy file, which may
-    have changed under its name) runs again.
+    A schedule of ``plans`` is reused seed by seed: an episode that applied exactly its plans (the
+    record's meaning, not just its name) is determined by them, its seed and the env config, so
+    the seeds ``prior`` holds are read and only the others run (more evaluation or selection seeds
+    cost only the new ones). A built-in controller of ``names`` (the same in every run of the same
+    env config) is reused whole or not at all: only if ``prior`` holds it on every seed, since
+    ``random`` draws its actions from one generator across its episodes. Anything else (a
+    closed-loop policy file, which may have changed under its name) runs again.
+
+    :return: by controller, the records to read (only the seeds held, in ``seeds`` order).
     """
     plans = plans or {}
     by_name = _by_controller(prior)
     out = {}
     for name in controllers:
         got = {r.seed: r for r in by_name.get(name, []) if r.seed in seeds}
-        if set(got) != set(seeds):
-            continue
         if name in plans:
             want = list(plans[name])
-            if any(_plans_of(r) != want for r in got.values()):
-                continue
-        elif name not in names:
+            got = {s: r for s, r in got.items() if _plans_of(r) == want}
+        elif name not in names or set(got) != set(seeds):
             continue
-        out[name] = [got[s] for s in seeds]
+        if got:
+            out[name] = [got[s] for s in seeds if s in got]
     return out
 
 
@@ -615,10 +618,10 @@ def run_protocol(
         oracle upper bound); False evaluates only the reference and the best static plans (the best,
         and the best that runs the whole horizon).
     :param branch_cache: epoch states kept for prefix sharing (0 = retrain every prefix).
-    :param prior: episodes of an earlier run of the same env config (:func:`read_records`): a
-        candidate or controller it holds on every seed of a phase is taken from it instead of run
-        (see :func:`reusable_records`), so adding a controller, or the oracle, to a finished
-        protocol runs only what is new. The caller checks that the env configs match.
+    :param prior: episodes of an earlier run of the same env config (:func:`read_records`) taken
+        instead of running them (see :func:`reusable_records`: schedules seed by seed, built-in
+        controllers only if held on every seed), so adding a controller, the oracle, or seeds to a
+        finished protocol runs only what is new. The caller checks that the env configs match.
     :param reuse_names: controllers of ``controllers`` that ``prior`` may stand in for by name
         (built-in baselines); candidates and open-loop schedules (:class:`ScheduleController`, e.g. a
         ``schedule.json``) are matched by their plans.

@@ -256,7 +256,7 @@ def test_protocol_reuses_an_earlier_runs_episodes_by_meaning(env):
         oracle=True, prior=prior, reuse_names=["random"],
     )
     sel = second.costs["selection"]
-    assert (sel["episodes"], sel["episodes_reused"]) == (2, 2 * len(cands) - 2)  # kd-t0 reran on both seeds
+    assert (sel["episodes"], sel["episodes_reused"]) == (1, 2 * len(cands) - 1)  # kd-t0 reran on seed 1 only
     assert second.reference == first.reference and second.best_static == first.best_static
     chosen = {first.reference, first.best_static, first.full_static}
     assert second.costs["candidates_eval"]["episodes"] == 2 * (len(cands) - len(chosen))  # only the oracle's new runs
@@ -371,6 +371,10 @@ def test_compare_protocol_script(config, tmp_path):
     assert all(r["episodes"] == "7" for r in rows)
     report4 = json.loads((tmp_path / "more" / "protocol.json").read_text())
     assert report4["costs"]["selection"]["episodes_reused"] == 4
+    # the chosen candidates ran only on the two new seeds (8 and 9); the first five were read
+    chosen = {report4["reference"], report4["best_static"], report4["full_horizon_static"]}
+    ce = report4["costs"]["candidates_eval"]
+    assert ce["episodes"] - ce["episodes_reused"] == 2 * len(chosen)
 
 
 def test_protocol_flag_alone_gets_five_eval_seeds():
