@@ -261,10 +261,9 @@ def pick_full_static(candidates: Sequence[Candidate], table: Sequence[Mapping[st
     """The best static candidate by ctrl that runs the whole horizon (no plan ends the run early):
     the issue's "every menu plan applied to every epoch", without the early stops of ``-end`` twins."""
     full = {c.name for c in candidates if c.kind == "static" and not any(p.final for p in c.plans)}
-    rows = [r for r in table if r["candidate"] in full]
-    if not rows:
+    if not full:
         raise ConfigError("no static candidate runs the whole horizon (every plan on the menu ends the run)")
-    return min(rows, key=lambda r: r["rank"])["candidate"]
+    return pick_reference([r for r in table if r["candidate"] in full])
 
 
 def pick_oracle(records: Sequence[EpisodeRecord], names: Sequence[str]) -> str:
@@ -328,15 +327,15 @@ def target_verdict(
         return "met: better"
     within = diff + se >= 0
     within_share = ratio <= share * (1 + COMPUTE_NOISE)
-    cheap = within_share and compute <= reference_compute * (1 + COMPUTE_NOISE)
-    if within and cheap:
+    below_reference = compute <= reference_compute * (1 + COMPUTE_NOISE)
+    if within and within_share and below_reference:
         return "met: saving"
     why = []
     if not within:
         why.append(f"dev {100 * diff:+.1f} ± {100 * se:.1f}" + (f" ({-diff / se:.2f} SE)" if se > 0 else ""))
     if not within_share:
         why.append(f"compute {ratio:.3f} > {share:g}")
-    elif compute > reference_compute * (1 + COMPUTE_NOISE):
+    elif not below_reference:
         why.append("compute above the reference's")
     return "no: " + ", ".join(why)
 

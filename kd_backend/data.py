@@ -532,6 +532,7 @@ def check_ctrl_rule(rule: str, owner: str = "") -> None:
     if rule not in CTRL_RULES:
         raise ConfigError(f"{owner + '.' if owner else ''}ctrl_rule={rule!r} must be one of {list(CTRL_RULES)}")
 
+
 CTRL_LENGTH_BINS = 10
 
 
