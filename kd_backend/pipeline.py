@@ -159,7 +159,8 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
     with FolderLock(out.parent / f"{out.name}.lock", wait=True):
         if out.exists():
             _check_cached_teacher(out)
-        if not (out / "config.json").exists():
+        cached = (out / "config.json").exists()
+        if not cached:
             logger.info("fine-tuning teacher %s on %s (first use; cached in %s)", source, task.spec.name, out)
             train_config = DistillerConfig(
                 epochs=epochs, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=lr,
@@ -170,8 +171,37 @@ def load_teacher(source: str, cfg: BackendConfig, task: TaskData) -> Teacher:
             factory = pretrained_factory(source, task)[0] if weights else preset_factory(source, task, tokenizer)
             fine_tune(task, factory, tokenizer, train_config, out)
             write_integrity(out)
+    if cached:  # fine_tune warned when it trained it; a cached one would otherwise pass in silence
+        warn_if_teacher_learned_nothing(out, task, source)
     model, tok = load_model(str(out), task.spec.num_labels, task.spec.is_regression)
     return Teacher(name=source, model=model, tokenizer=tok)
+
+
+def warn_if_teacher_learned_nothing(folder: Path, task: TaskData, name: str) -> bool:
+    """Warn when a cached teacher's recorded dev score (``dynakd_eval.json``, written when it was
+    fine-tuned) is no better than predicting a constant; return whether it warned.
+
+    :param folder: the cached teacher's folder.
+    :param task: the task it was fine-tuned on (its dev labels give the constant predictor's score).
+    :param name: the teacher's name, for the message.
+    """
+    record = folder / "dynakd_eval.json"
+    if not record.exists():
+        return False
+    evals = json.loads(record.read_text())
+    if not evals:
+        return False
+    score = float(evals[-1]["score"])
+    floor = constant_score(task.spec, np.asarray(task.dev.labels))
+    if not _no_better_than(score, floor):
+        return False
+    logger.warning(
+        "cached teacher %s scored %.4f on %s dev when it was fine-tuned, no better than predicting a constant "
+        "(%.4f): distilling from it teaches the student nothing. Fine-tune it again with another --teacher-lr or "
+        "--teacher-epochs (they key the cache), or leave it out of --teachers.",
+        name, score, task.spec.name, floor,
+    )
+    return True
 
 
 def _check_cached_teacher(folder: Path) -> None:
@@ -192,6 +222,11 @@ def _check_cached_teacher(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def _no_better_than(score: float, floor: float) -> bool:
+    """Whether a dev score is within 0.005 of (or below) what a constant predictor scores."""
+    return score <= floor + 0.005
+
+
 def fine_tune(
     task: TaskData,
     factory: Callable[[int], nn.Module],
@@ -210,12 +245,13 @@ def fine_tune(
         distiller.train_epoch(plan)
         evals.append(distiller.evaluate("dev"))
     floor = constant_score(task.spec, np.asarray(task.dev.labels))
-    if evals and evals[-1].score <= floor + 0.005:
+    if evals and _no_better_than(evals[-1].score, floor):
         logger.warning(
             "fine-tuning on %s ended at dev score %.4f, no better than predicting a constant (%.4f): the model "
-            "learned nothing. If the training loss stalled, lower the learning rate (lr=%g; deeper or wider "
-            "models from scratch need less, e.g. 5e-4 for tiny-4x256) or train more epochs.",
-            task.spec.name, evals[-1].score, floor, config.lr,
+            "learned nothing. Try another learning rate (lr=%g; the teacher recipe uses 1e-4 for pretrained "
+            "weights, 5e-4 from scratch; lower it if the training loss stalled high) or more epochs (%d): "
+            "--teacher-lr / --teacher-epochs for the KD scripts' teachers, --lr / --epochs for train_teachers.py.",
+            task.spec.name, evals[-1].score, floor, config.lr, config.epochs,
         )
     if out_dir is not None:
         distiller.export_student(out_dir)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -49,7 +52,7 @@ def test_config_dict_is_yaml_safe_and_round_trips():
     assert BackendConfig(**yaml.safe_load(text)) == cfg
 
 
-def test_fine_tune_warns_when_the_model_learned_nothing(tmp_path, caplog):
+def test_fine_tune_warns_when_the_model_learned_nothing(tmp_path, caplog, monkeypatch):
     from kd_backend.data import load_task
     from kd_backend.models import build_model
     from kd_backend.pipeline import fine_tune
@@ -61,5 +64,36 @@ def test_fine_tune_warns_when_the_model_learned_nothing(tmp_path, caplog):
     cfg = DistillerConfig(epochs=1, batch_size=16, lr=1e-9, cache_dir=str(tmp_path), device="cpu", warmup_ratio=0.5)
     with caplog.at_level("WARNING", logger="kd_backend.pipeline"):
         _, evals = fine_tune(task, lambda s: build_model("tiny-1x64", 2, len(tok), seed=s), tok, cfg, tmp_path / "m")
-    assert "no better than predicting a constant" in caplog.text and "lower the learning rate" in caplog.text
+    assert "no better than predicting a constant" in caplog.text and "another learning rate (lr=1e-09" in caplog.text
+    assert "--teacher-lr / --teacher-epochs" in caplog.text and "--lr / --epochs for train_teachers.py" in caplog.text
+    # the flags it names exist: the KD scripts' config fields and train_teachers.py's arguments
+    assert {"teacher_lr", "teacher_epochs"} <= {f.name for f in dataclasses.fields(BackendConfig)}
+    spec = importlib.util.spec_from_file_location("train_teachers", Path(__file__).parents[1] / "experiments" / "train_teachers.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_teachers", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    assert {"lr", "epochs"} <= {f.name for f in dataclasses.fields(module.TrainArgs)}
     assert (tmp_path / "m" / "dynakd_eval.json").exists()
+
+
+def test_a_cached_teacher_that_learned_nothing_is_flagged_on_every_load(tmp_path, caplog):
+    import json
+
+    from kd_backend.data import load_task
+    from kd_backend.metrics import constant_score
+    from kd_backend.pipeline import warn_if_teacher_learned_nothing
+    from kd_backend.synthetic import SyntheticConfig
+
+    task = load_task("synthetic", synthetic=SyntheticConfig(num_train=50, num_dev=60, seed=1))
+    floor = constant_score(task.spec, task.dev.labels)  # the majority class's accuracy
+    assert 0.5 <= floor < 1.0
+    for score, expected in ((floor, True), (floor + 0.004, True), (floor + 0.02, False)):
+        (tmp_path / "dynakd_eval.json").write_text(json.dumps([{"score": 0.9}, {"score": score}]))
+        with caplog.at_level("WARNING", logger="kd_backend.pipeline"):
+            caplog.clear()
+            assert warn_if_teacher_learned_nothing(tmp_path, task, "minilm-l3") is expected
+        assert ("no better than predicting a constant" in caplog.text) is expected
+        if expected:
+            assert "minilm-l3" in caplog.text and "--teacher-lr" in caplog.text
+    (tmp_path / "dynakd_eval.json").unlink()
+    assert warn_if_teacher_learned_nothing(tmp_path, task, "minilm-l3") is False  # no record: nothing to say
