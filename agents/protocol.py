@@ -54,6 +54,7 @@ from envs.actions import MenuCodec
 from envs.distillation_env import DistillationEnv
 from kd_backend.errors import ConfigError, DynaKDError
 from kd_backend.io import atomic_write_json, atomic_write_text, save_figure
+from kd_backend.metrics import constant_score
 from kd_backend.plan import EpochPlan
 
 CandidateKind = Literal["static", "grid"]
@@ -463,6 +464,15 @@ class ProtocolResult:
     """:func:`budget_best` of the selection table: what the menu offers at the target's budget."""
     full_static: str | None = None
     """The best static plan that runs the whole horizon (:func:`pick_full_static`)."""
+    constant_ctrl: float | None = None
+    """The ctrl score of a constant prediction (the best single label; :func:`kd_backend.metrics.constant_score`
+    on ctrl's labels): a reference at or below it means the student learned nothing and the ranking is noise."""
+
+
+def _constant_ctrl(env: DistillationEnv) -> float | None:
+    """The ctrl score of a constant prediction on the env's task (None for a backend without a task)."""
+    task = getattr(env.distiller, "task", None)
+    return None if task is None else constant_score(task.spec, np.asarray(task.ctrl.labels))
 
 
 def _run(
@@ -695,6 +705,7 @@ def run_protocol(
         selection_seeds=sel_seeds, eval_seeds=ev_seeds,
         costs={k: v.to_dict() for k, v in costs.items()}, budget_best=budget_best(table, reference, best_static),
         full_static=full_static,
+        constant_ctrl=_constant_ctrl(env),
     )
 
 
@@ -728,6 +739,14 @@ def format_protocol(result: ProtocolResult) -> str:
         f"{sel['epochs_trained']:.1f} plain epochs trained ({100 * sel['fraction_replayed']:.0f}% of decisions replayed "
         f"from branches), {sel['cpu_seconds']:.0f} CPU s."
     )
+    if result.constant_ctrl is not None:
+        ref_ctrl = next(r["ctrl_score"] for r in result.selection if r["candidate"] == result.reference)
+        out.append(
+            f"A constant prediction scores {100 * result.constant_ctrl:.1f} on ctrl; the reference "
+            f"{100 * ref_ctrl:.1f} (selection seeds)."
+            + (" The reference is no better than a constant: the student has not learned this task, so the "
+               "candidates' ranking and the verdicts below are noise." if ref_ctrl <= result.constant_ctrl + 0.005 else "")
+        )
     out.append(
         f"target: the reference's dev (paired, within one SE) at <= {TARGET_SHARE:g} of the best static plan's "
         "compute and <= the reference's, or more than 2 SE above it at the reference's compute. "
@@ -815,7 +834,7 @@ def write_protocol(out_dir: str | Path, result: ProtocolResult, **metadata: Any)
         "oracle_is_upper_bound": True,
         "selection_seeds": list(result.selection_seeds), "eval_seeds": list(result.eval_seeds),
         "chosen_by": "mean final ctrl score over the selection seeds (dev never read during selection)",
-        "target_share": TARGET_SHARE, "budget_best": result.budget_best,
+        "target_share": TARGET_SHARE, "budget_best": result.budget_best, "constant_ctrl_score": result.constant_ctrl,
         "costs": result.costs, "rows": result.rows, "selection": result.selection, **metadata,
     })
     for name, records in (("selection.jsonl", result.selection_records), ("evaluation.jsonl", result.eval_records)):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agents import (
@@ -225,6 +226,16 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     assert "target" in text.splitlines()[0] and "full-horizon static" not in text.splitlines()[0]
     assert "runs the full horizon" in text
     assert ("menu's ctrl-best candidate" in text) == (result.budget_best is not None)
+    # the constant predictor's ctrl score (the majority label's share on the tiny env's ctrl), and the
+    # warning when the reference does no better
+    labels = np.asarray(env.distiller.task.ctrl.labels)
+    assert result.constant_ctrl == pytest.approx(np.bincount(labels).max() / len(labels))
+    ref_ctrl = next(r["ctrl_score"] for r in result.selection if r["candidate"] == result.reference)
+    assert f"A constant prediction scores {100 * result.constant_ctrl:.1f} on ctrl; the reference {100 * ref_ctrl:.1f}" in text
+    assert ("no better than a constant" in text) == (ref_ctrl <= result.constant_ctrl + 0.005)
+    assert "no better than a constant" in format_protocol(dataclasses.replace(result, constant_ctrl=ref_ctrl))
+    assert "no better than a constant" not in format_protocol(dataclasses.replace(result, constant_ctrl=ref_ctrl - 0.01))
+    assert "constant prediction" not in format_protocol(dataclasses.replace(result, constant_ctrl=None))
     other = dataclasses.replace(result, full_static=next(n for n in MENU if n != result.best_static))
     assert "target vs full-horizon static" in format_protocol(other).splitlines()[0]
     cheap = {"candidate": "frac-0.3", "kind": "static", "ctrl_score": 0.5, "ctrl_score_se": 0.01, "compute": 0.9,
