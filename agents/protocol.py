@@ -59,6 +59,11 @@ from kd_backend.plan import EpochPlan
 
 CandidateKind = Literal["static", "grid"]
 ORACLE_ROLE = "oracle (dev-chosen upper bound, not a fair reference)"
+REFERENCE_ROLE = "reference (ctrl-best of static plans and grid)"
+BEST_STATIC_ROLE = "best static plan (by ctrl)"
+FULL_STATIC_ROLE = "best full-horizon static plan (by ctrl)"
+_SHORT_ROLES = {REFERENCE_ROLE: "reference", BEST_STATIC_ROLE: "best static", FULL_STATIC_ROLE: "best full-horizon static",
+                ORACLE_ROLE: "oracle (dev-chosen: an upper bound)"}
 TARGET_SHARE = 0.6
 """The saving a controller should bring (issue 9): the reference's dev score (paired, within one SE
 or better) at no more than this share of the best static plan's compute, and no more than the
@@ -691,9 +696,9 @@ def run_protocol(
         )
     oracle_name = pick_oracle(eval_records, list(schedules)) if oracle else None
     roles: dict[str, list[str]] = {}
-    roles.setdefault(reference, []).append("reference (ctrl-best of static plans and grid)")
-    roles.setdefault(best_static, []).append("best static plan (by ctrl)")
-    roles.setdefault(full_static, []).append("best full-horizon static plan (by ctrl)")
+    roles.setdefault(reference, []).append(REFERENCE_ROLE)
+    roles.setdefault(best_static, []).append(BEST_STATIC_ROLE)
+    roles.setdefault(full_static, []).append(FULL_STATIC_ROLE)
     if oracle_name is not None:
         roles.setdefault(oracle_name, []).append(ORACLE_ROLE)
     for n in controllers:
@@ -710,6 +715,14 @@ def run_protocol(
 
 
 # ---------------------------------------------------------------------------------------------- output
+def _short_role(role: str) -> str:
+    """A row's role for the printed table: the names without how each was chosen, which the lines
+    under the table and ``protocol.csv`` give."""
+    for long, short in _SHORT_ROLES.items():
+        role = role.replace(long, short)
+    return role
+
+
 def format_protocol(result: ProtocolResult) -> str:
     """The report as text: rows, then the reference, the search cost, the target and the budget line.
     The columns against the best full-horizon static plan show only where it differs from the best
@@ -723,7 +736,8 @@ def format_protocol(result: ProtocolResult) -> str:
             f"{100 * r['ctrl_score']:.1f} ± {100 * r['ctrl_score_se']:.1f}", f"{r['compute']:.2f}",
             f"{100 * r['dev_diff_vs_reference']:+.1f} ± {100 * r['dev_diff_vs_reference_se']:.1f}",
             f"{r['compute_ratio_vs_best_static']:.2f}", r["target"],
-            *((f"{r['compute_ratio_vs_full_static']:.2f}", r["target_vs_full_static"]) if both else ()), r["role"],
+            *((f"{r['compute_ratio_vs_full_static']:.2f}", r["target_vs_full_static"]) if both else ()),
+            _short_role(r["role"]),
         )
         for r in result.rows
     ]

@@ -224,6 +224,10 @@ def test_protocol_on_the_tiny_env(env, monkeypatch):
     # the printed report: the verdict column, and the full-horizon columns only where that plan differs
     text = format_protocol(result)
     assert "target" in text.splitlines()[0] and "full-horizon static" not in text.splitlines()[0]
+    # roles print short (how each was chosen is in the lines below the table and in protocol.csv)
+    ref_line = next(line for line in text.splitlines() if line.startswith(result.reference + " "))
+    assert ref_line.rstrip().split("  ")[-1].strip().startswith("reference") and "(ctrl-best" not in ref_line
+    assert "(ctrl-best of static plans and grid)" in ref_row["role"]
     assert "runs the full horizon" in text
     assert ("menu's ctrl-best candidate" in text) == (result.budget_best is not None)
     # the constant predictor's ctrl score (the majority label's share on the tiny env's ctrl), and the
