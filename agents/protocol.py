@@ -54,7 +54,7 @@ from envs.actions import MenuCodec
 from envs.distillation_env import DistillationEnv
 from kd_backend.errors import ConfigError, DynaKDError
 from kd_backend.io import atomic_write_json, atomic_write_text, save_figure
-from kd_backend.metrics import constant_score
+from kd_backend.metrics import constant_score, no_better_than_constant
 from kd_backend.plan import EpochPlan
 
 CandidateKind = Literal["static", "grid"]
@@ -755,11 +755,12 @@ def format_protocol(result: ProtocolResult) -> str:
     )
     if result.constant_ctrl is not None:
         ref_ctrl = next(r["ctrl_score"] for r in result.selection if r["candidate"] == result.reference)
+        learned_nothing = no_better_than_constant(ref_ctrl, result.constant_ctrl)
         out.append(
             f"A constant prediction scores {100 * result.constant_ctrl:.1f} on ctrl; the reference "
             f"{100 * ref_ctrl:.1f} (selection seeds)."
             + (" The reference is no better than a constant: the student has not learned this task, so the "
-               "candidates' ranking and the verdicts below are noise." if ref_ctrl <= result.constant_ctrl + 0.005 else "")
+               "candidates' ranking and the verdicts below are noise." if learned_nothing else "")
         )
     out.append(
         f"target: the reference's dev (paired, within one SE) at <= {TARGET_SHARE:g} of the best static plan's "

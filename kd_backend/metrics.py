@@ -89,6 +89,16 @@ def main_score(spec: TaskSpec, metrics: Mapping[str, float]) -> float:
     return float(np.mean([metrics[m] for m in spec.metrics]))
 
 
+def no_better_than_constant(score: float, floor: float) -> bool:
+    """Whether a main score is within 0.005 of (or below) ``floor``, a constant predictor's
+    (:func:`constant_score`): the model learned nothing.
+
+    :param score: the model's main score.
+    :param floor: the constant predictor's main score on the same labels.
+    """
+    return score <= floor + 0.005
+
+
 def constant_score(spec: TaskSpec, labels: np.ndarray) -> float:
     """The best main score a constant predictor gets on ``labels``: the level a model that learned
     nothing sits at (the majority class's score; 0 for regression, whose correlations are 0 then).

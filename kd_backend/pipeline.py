@@ -43,7 +43,7 @@ from kd_backend.distiller import Distiller, Teacher
 from kd_backend.errors import ConfigError
 from kd_backend.io import atomic_write_json, check_integrity, write_integrity
 from kd_backend.locking import FolderLock
-from kd_backend.metrics import constant_score
+from kd_backend.metrics import constant_score, no_better_than_constant
 from kd_backend.models import (
     PRESETS,
     build_model,
@@ -193,7 +193,7 @@ def warn_if_teacher_learned_nothing(folder: Path, task: TaskData, name: str) -> 
         return False
     score = float(evals[-1]["score"])
     floor = constant_score(task.spec, np.asarray(task.dev.labels))
-    if not _no_better_than(score, floor):
+    if not no_better_than_constant(score, floor):
         return False
     logger.warning(
         "cached teacher %s scored %.4f on %s dev when it was fine-tuned, no better than predicting a constant "
@@ -222,11 +222,6 @@ def _check_cached_teacher(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def _no_better_than(score: float, floor: float) -> bool:
-    """Whether a dev score is within 0.005 of (or below) what a constant predictor scores."""
-    return score <= floor + 0.005
-
-
 def fine_tune(
     task: TaskData,
     factory: Callable[[int], nn.Module],
@@ -245,7 +240,7 @@ def fine_tune(
         distiller.train_epoch(plan)
         evals.append(distiller.evaluate("dev"))
     floor = constant_score(task.spec, np.asarray(task.dev.labels))
-    if evals and _no_better_than(evals[-1].score, floor):
+    if evals and no_better_than_constant(evals[-1].score, floor):
         logger.warning(
             "fine-tuning on %s ended at dev score %.4f, no better than predicting a constant (%.4f): the model "
             "learned nothing. Try another learning rate (lr=%g; the teacher recipe uses 1e-4 for pretrained "
